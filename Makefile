@@ -1,0 +1,37 @@
+# aigc-pipeline: `make demo` and `make test` are the two commands a fresh clone needs.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Ray on loopback only (DESIGN §4): node IP 127.0.0.1 and every Ray socket bound to loopback.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+# Hard outer limit for the suite, so a hung Ray fails CI fast instead of eating its budget.
+TEST_TIMEOUT ?= 1500
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU wheel on this machine; a bare `torch` pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/aigc run jobs/demo.yaml
+
+test: install
+	timeout -s TERM -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q
+
+test-slow: install
+	timeout -s TERM -k 30 3600 $(BIN)/python -m pytest -q -m slow
+
+bench: install
+	$(BIN)/python benchmarks/generate_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info outputs

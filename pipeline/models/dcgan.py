@@ -1,0 +1,99 @@
+"""DCGAN generator and discriminator (Radford et al. 2015), sized from a :class:`ModelSpec`.
+
+* ``image_size`` 28, 32 or 64; 1 or 3 channels; configurable ``z_dim`` and widths.
+* Optional class conditioning: G concatenates a condition vector to z (a label embedding by
+  default, or any vector of ``cond_dim`` given by the caller, e.g. a text encoder); D is a
+  projection discriminator (Miyato & Koyama 2018).
+
+    >>> from pipeline.specs import ModelSpec
+    >>> g = Generator(ModelSpec(image_size=32, z_dim=16, g_width=8))
+    >>> g(torch.randn(2, 16)).shape
+    torch.Size([2, 1, 32, 32])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pipeline.specs import ModelSpec
+
+
+def _start_and_steps(image_size: int) -> tuple[int, int]:
+    """Spatial size of the first feature map and the number of 2x upsamplings to reach image_size."""
+    return {28: (7, 2), 32: (4, 3), 64: (4, 4)}[image_size]
+
+
+def init_weights(m: nn.Module) -> None:
+    """DCGAN init: N(0, 0.02) convs, N(1, 0.02) BN scales."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, 0.0, 1.0)
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: ModelSpec, cond_dim: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        start, steps = _start_and_steps(cfg.image_size)
+        self.cond_dim = (cond_dim or cfg.z_dim) if cfg.conditional else 0
+        self.embed = nn.Embedding(cfg.num_classes, self.cond_dim) if cfg.conditional else None
+        width = cfg.g_width * 2 ** (steps - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(cfg.z_dim + self.cond_dim, width, start, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(steps - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def condition(self, labels: torch.Tensor) -> torch.Tensor:
+        """Label → condition vector (the hook the text encoder replaces)."""
+        assert self.embed is not None, "unconditional generator"
+        return self.embed(labels)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cond_dim:
+            if cond is None:
+                if labels is None:
+                    raise ValueError("conditional generator needs labels or cond")
+                cond = self.condition(labels)
+            z = torch.cat([z, cond.to(z.dtype)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: ModelSpec):
+        super().__init__()
+        self.cfg = cfg
+        _, steps = _start_and_steps(cfg.image_size)
+        width = cfg.d_width
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        for _ in range(steps - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            width *= 2
+        self.features = nn.Sequential(*layers)
+        start, _ = _start_and_steps(cfg.image_size)
+        self.feat_dim = width * start * start
+        self.out = nn.Linear(self.feat_dim, 1)
+        self.embed = nn.Embedding(cfg.num_classes, self.feat_dim) if cfg.conditional else None
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x).flatten(1)
+        logit = self.out(h).squeeze(1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("conditional discriminator needs labels")
+            logit = logit + (self.embed(labels) * h).sum(1) / self.feat_dim**0.5  # projection term
+        return logit

@@ -1,0 +1,100 @@
+"""Model packages: the versioned, pickle-free artefact that training exports and generation loads.
+
+Layout at ``<storage.root>/models/<job name>/<version>/``::
+
+    model.json              architecture (a ModelSpec), dataset fingerprint, metrics, versions
+    generator.safetensors   generator weights (and BN buffers); no pickle anywhere
+    manifest.json, _SUCCESS written last, so a half-exported package is never loaded
+
+``model_sha256`` (the sha256 of ``generator.safetensors``) names the weights in every asset's
+provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from pipeline.specs import ModelSpec, StorageSpec
+from pipeline.storage import Store, StorageError, is_published, publish, sha256
+
+MODEL_JSON = "model.json"
+WEIGHTS = "generator.safetensors"
+PACKAGE_FORMAT = "aigc-model/1"
+
+
+class PackageError(Exception):
+    """A model package is missing, unpublished, truncated or does not fit its architecture."""
+
+
+@dataclass
+class ModelPackage:
+    uri: str
+    config: ModelSpec
+    meta: dict[str, Any]
+    model_sha256: str
+    state_dict: dict[str, torch.Tensor]
+
+    def build_generator(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """Rebuild the generator from the package alone, in eval mode."""
+        from pipeline.models import build_generator
+
+        g = build_generator(self.config)
+        try:
+            g.load_state_dict(self.state_dict, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise PackageError(f"{self.uri}/{WEIGHTS}: weights do not fit the architecture in model.json ({first})") from None
+        return g.to(device).eval()
+
+
+def package_uri(root: str, name: str, version: str) -> str:
+    return f"{root.rstrip('/')}/models/{name}/{version}"
+
+
+def export_package(uri: str, generator: torch.nn.Module, config: ModelSpec, meta: dict[str, Any],
+                   storage: StorageSpec | None = None, job: str = "") -> str:
+    """Write model.json + generator.safetensors, then manifest and _SUCCESS. Returns model_sha256."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in generator.state_dict().items()}
+    weights = save(state, metadata={"format": PACKAGE_FORMAT})
+    model_sha = sha256(weights)
+    model_json = {"format": PACKAGE_FORMAT, "model": config.model_dump(mode="json"), "model_sha256": model_sha, **meta}
+    store = Store(uri, storage)
+    files = {WEIGHTS: weights, MODEL_JSON: json.dumps(model_json, indent=1, sort_keys=True).encode()}
+    publish(store, kind="model", job=job, spec=None, counts={"files": len(files)}, files=files,
+            extra={"model_sha256": model_sha})
+    return model_sha
+
+
+def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
+    """Load and check a package; never unpickles anything."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        store = Store(uri, storage)
+        if not is_published(store):
+            raise PackageError(f"{store.uri}: no published model package here (no manifest.json/_SUCCESS)")
+        raw_meta = store.read(MODEL_JSON)
+        weights = store.read(WEIGHTS)
+    except StorageError as exc:
+        raise PackageError(str(exc)) from None
+    try:
+        meta = json.loads(raw_meta)
+        config = ModelSpec.model_validate(meta["model"])
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise PackageError(f"{uri}/{MODEL_JSON}: not a valid model description ({type(exc).__name__})") from None
+    model_sha = sha256(weights)
+    if meta.get("model_sha256") not in (None, model_sha):
+        raise PackageError(f"{uri}/{WEIGHTS}: sha256 {model_sha[:12]}… does not match model.json (corrupt or truncated)")
+    try:
+        state = load(weights)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise PackageError(f"{uri}/{WEIGHTS}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+    return ModelPackage(uri=store.uri, config=config, meta=meta, model_sha256=model_sha, state_dict=state)

@@ -1,0 +1,50 @@
+"""Ray start-up for every stage: embedded local Ray on loopback, or an existing cluster.
+
+``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray 2.60 use 127.0.0.1 as the node IP and bind
+every Ray socket to loopback (DESIGN §4); it must be in the environment before Ray starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Train V2 polls the State API; keep its warnings and Ray Data's banner out of the user's terminal.
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def ray_address(address: str | None = None) -> str | None:
+    """The cluster to join: --address, else $RAY_ADDRESS, else None (embedded)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None,
+               object_store_memory: int | None = None) -> bool:
+    """Connect to ``address`` or start an embedded local Ray. Returns True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    addr = ray_address(address)
+    common = dict(logging_level=logging.WARNING, configure_logging=True, log_to_driver=True,
+                  ignore_reinit_error=True)
+    if addr:
+        ray.init(address=addr, **common)
+    else:
+        # address="local" always starts a fresh local cluster, never joins a `ray start` one by accident.
+        ray.init(address="local", num_cpus=num_cpus,
+                 object_store_memory=object_store_memory or 1_000_000_000,
+                 include_dashboard=True, dashboard_host="127.0.0.1", **common)
+    quiet_ray_data()
+    return True
+
+
+def quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.verbose_stats_logs = False

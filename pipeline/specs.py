@@ -1,0 +1,523 @@
+"""Job specs: every pydantic model of a job, YAML loading, includes, `--set` overrides, templating.
+
+A job spec is one YAML file (see `jobs/demo.yaml`). Load it with :func:`load_job`::
+
+    job = load_job("jobs/demo.yaml", overrides=["generate.seeds.count=100"])
+
+Every problem becomes a :class:`SpecError` whose lines read
+``jobs/x.yaml: generate.seeds.count: must be greater than 0``.
+
+The key paths named in the README's spec reference (``storage.root``, ``train.epochs``,
+``generate.output``, ...) are the public interface; keep them stable.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+SCHEMES = ("file", "s3", "gs", "gcs", "memory")
+_URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
+TEMPLATE_KEYS = ("date", "run_id", "name")
+
+
+class SpecError(Exception):
+    """A job spec could not be loaded; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def uri_scheme(uri: str) -> str:
+    """Return the scheme of a URI; plain paths are ``file``."""
+    m = _URI_RE.match(uri)
+    return m.group(1).lower() if m else "file"
+
+
+def _check_uri(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be empty")
+    scheme = uri_scheme(value)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown storage scheme '{scheme}://' (supported: local path, {', '.join(s + '://' for s in SCHEMES)})")
+    return value
+
+
+def _looks_like_key(value: str) -> bool:
+    """An AWS access key id or a long random token where an env-var name belongs."""
+    return bool(re.match(r"^(AKIA|ASIA)[A-Z0-9]{12,}$", value)) or (len(value) >= 32 and not re.search(r"[_]", value))
+
+
+class Strict(BaseModel):
+    """Base of every spec model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# --------------------------------------------------------------------------------------------- storage
+class Credentials(Strict):
+    """Where S3/GCS credentials come from. Only environment-variable *names* live in a spec."""
+
+    access_key_env: str | None = Field(None, description="Name of the env var holding the access key id (e.g. AWS_ACCESS_KEY_ID).")
+    secret_key_env: str | None = Field(None, description="Name of the env var holding the secret access key.")
+    session_token_env: str | None = Field(None, description="Name of the env var holding a session token, if any.")
+    profile: str | None = Field(None, description="Named profile in ~/.aws/credentials to use instead of env vars.")
+    token_file_env: str | None = Field(None, description="gs://: name of the env var holding a service-account JSON path.")
+
+    @field_validator("access_key_env", "secret_key_env", "session_token_env", "token_file_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and (not _ENV_NAME_RE.match(v) or _looks_like_key(v)):
+            raise ValueError(
+                "must be the NAME of an environment variable (letters, digits, _); "
+                "never put a secret itself in a spec"
+            )
+        return v
+
+
+class StorageSpec(Strict):
+    """Root of everything a job writes, and how to reach it."""
+
+    root: str = Field("outputs", description="Root URI: a local path, file://, s3://bucket/prefix, gs://bucket/prefix or memory://path.")
+    endpoint: str | None = Field(None, description="S3 endpoint URL for S3-compatible stores (MinIO, moto, R2). Default: AWS, or $AWS_ENDPOINT_URL.")
+    region: str | None = Field(None, description="S3 region name.")
+    credentials: Credentials = Field(default_factory=Credentials, description="Credential sources, as env-var names.")
+    secret_key: SecretStr | None = Field(None, description="Refused: secrets never go in a spec; use credentials.secret_key_env.")
+    max_concurrency: int = Field(32, ge=1, le=1024, description="Parallel uploads when writing many small objects.")
+
+    @field_validator("root")
+    @classmethod
+    def _root(cls, v: str) -> str:
+        return _check_uri(v)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _no_plain_secret(cls, v: SecretStr | None) -> None:
+        if v is not None:
+            raise ValueError("plain-text secrets are refused; name an env var in storage.credentials.secret_key_env")
+        return None
+
+
+# --------------------------------------------------------------------------------------------- model
+class ModelSpec(Strict):
+    """Architecture of the generator (and its discriminator)."""
+
+    arch: Literal["dcgan"] = Field("dcgan", description="Architecture name in the model registry.")
+    preset: str | None = Field(None, description="Name of the preset this came from (informational; use `include:` to load one).")
+    image_size: Literal[28, 32, 64] = Field(32, description="Output side in pixels.")
+    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
+    z_dim: int = Field(64, ge=1, le=4096, description="Latent vector size.")
+    g_width: int = Field(64, ge=4, le=1024, description="Generator base feature width.")
+    d_width: int = Field(64, ge=4, le=1024, description="Discriminator base feature width.")
+    conditional: bool = Field(False, description="Class-conditioned G and D (label embedding / projection).")
+    num_classes: int = Field(10, ge=2, le=100_000, description="Number of classes when conditional.")
+
+
+# --------------------------------------------------------------------------------------------- train
+class DataSpec(Strict):
+    """Training data."""
+
+    source: Literal["digits", "images", "parquet"] = Field("digits", description="digits (embedded, scikit-learn), images (folder of PNG/JPEG) or parquet.")
+    uri: str | None = Field(None, description="URI of the image folder or Parquet file/folder (not for digits).")
+    image_column: str = Field("image", description="parquet: column with image bytes (or a {bytes, path} struct).")
+    label_column: str | None = Field("label", description="parquet: optional integer label column.")
+    limit: int | None = Field(None, gt=0, description="Use only the first N examples (handy for quick runs).")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v)
+
+    @model_validator(mode="after")
+    def _uri_needed(self) -> DataSpec:
+        if self.source != "digits" and not self.uri:
+            raise ValueError(f"source '{self.source}' needs train.data.uri")
+        if self.source == "digits" and self.uri:
+            raise ValueError("source 'digits' is embedded and takes no uri")
+        return self
+
+
+class TrainScaling(Strict):
+    """How many Ray Train workers and what each gets."""
+
+    num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
+    use_gpu: bool = Field(False, description="One GPU per worker; enables mixed precision.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Extra custom resources per worker.")
+
+
+class CheckpointSpec(Strict):
+    """Checkpointing and recovery."""
+
+    keep: int = Field(2, ge=1, le=1000, description="Keep the last K checkpoints.")
+    max_failures: int = Field(2, ge=-1, description="Worker-group restarts from the last checkpoint; -1 = unlimited.")
+    resume: bool = Field(True, description="Rerunning the same job continues from its last checkpoint.")
+
+
+class TrainSpec(Strict):
+    """The train stage."""
+
+    data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="Model architecture.")
+    epochs: int = Field(10, ge=1, le=100_000, description="Total epochs (a resumed run continues up to this).")
+    batch_size: int = Field(64, ge=1, le=65536, description="Per-worker batch size.")
+    lr_g: float = Field(2e-4, gt=0, le=1, description="Generator learning rate (Adam).")
+    lr_d: float = Field(2e-4, gt=0, le=1, description="Discriminator learning rate (Adam).")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for init, data order and noise.")
+    mixed_precision: bool = Field(True, description="bf16/fp16 autocast when training on GPU (ignored on CPU).")
+    scaling: TrainScaling = Field(default_factory=TrainScaling, description="Ray Train scaling.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and recovery.")
+    version: str | None = Field(None, description="Model package version; default: spec fingerprint.")
+
+
+# --------------------------------------------------------------------------------------------- evaluate
+class GateSpec(Strict):
+    """Quality gate: a nightly run refuses to publish when any threshold fails."""
+
+    max_fld: float | None = Field(None, ge=0, description="Largest acceptable Frechet distance on domain-classifier features.")
+    min_score: float | None = Field(None, ge=0, description="Smallest acceptable classifier score (IS-style).")
+    max_memorization: float | None = Field(None, ge=0, le=1, description="Largest acceptable share of near-copies of training images.")
+
+
+class EvaluateSpec(Strict):
+    """The evaluate stage."""
+
+    samples: int = Field(1000, gt=0, le=10_000_000, description="Generated samples per metric (scores are biased by N).")
+    gate: GateSpec = Field(default_factory=GateSpec, description="Publication thresholds.")
+
+
+# --------------------------------------------------------------------------------------------- generate
+class SeedsSpec(Strict):
+    """A range of latent seeds: items start .. start+count-1."""
+
+    start: int = Field(0, ge=0, le=2**62, description="First item index.")
+    count: int = Field(..., gt=0, le=10**10, description="Number of items.")
+
+
+class PromptsSpec(Strict):
+    """A prompts file: .txt (one per line), .jsonl (prompt, n, label), .csv or .parquet."""
+
+    uri: str = Field(..., description="URI of the prompts file.")
+    samples_per_prompt: int = Field(1, gt=0, le=100_000, description="Images per prompt (a .jsonl `n` overrides).")
+    on_error: Literal["fail", "skip"] = Field("fail", description="A malformed line: fail naming the line, or skip and record it in rejected.jsonl.")
+    max_length: int = Field(1000, gt=0, le=1_000_000, description="Longest accepted prompt, in characters.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        v = _check_uri(v)
+        if not re.search(r"\.(txt|jsonl|csv|parquet)$", v):
+            raise ValueError("prompts file must end in .txt, .jsonl, .csv or .parquet")
+        return v
+
+
+class SafetySpec(Strict):
+    """Prompt filter applied before generation."""
+
+    blocklist: list[str] = Field(default_factory=list, description="Words/phrases rejected on word boundaries (case-insensitive).")
+    allowlist: list[str] = Field(default_factory=list, description="Words that are never blocked even when they contain a blocked term.")
+
+
+class GenerateScaling(Strict):
+    """Actor pool for generation."""
+
+    num_actors: int = Field(2, ge=1, le=4096, description="Generator actors (each loads the model once).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor.")
+    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional leaves room for Ray Data's own tasks).")
+    batch_size: int = Field(256, ge=1, le=65536, description="Items per forward pass.")
+
+
+class GenerateSpec(Strict):
+    """The generate stage."""
+
+    model: str | None = Field(None, description="Model package URI; default: the package the train stage exports.")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Job seed; item seeds derive from it and the item index.")
+    seeds: SeedsSpec | None = Field(None, description="Latent-seed items.")
+    prompts: PromptsSpec | None = Field(None, description="Prompt items.")
+    output: str = Field("{root}/generated/{name}/{date}", description="Output URI template; {root}, {name}, {date}, {run_id} are filled in.")
+    formats: list[Literal["png", "parquet"]] = Field(default_factory=lambda: ["png", "parquet"], description="What to write.")
+    shard_size: int = Field(1000, gt=0, le=10_000_000, description="Items per shard: the unit of work, retry, naming and commit.")
+    scaling: GenerateScaling = Field(default_factory=GenerateScaling, description="Actor pool.")
+    safety: SafetySpec = Field(default_factory=SafetySpec, description="Prompt filter.")
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one of png, parquet")
+        if len(set(v)) != len(v):
+            raise ValueError("must not repeat a format")
+        return v
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        for key in _TEMPLATE_RE.findall(v):
+            if key not in TEMPLATE_KEYS + ("root",):
+                raise ValueError(f"unknown template '{{{key}}}' (use {{root}}, {{name}}, {{date}}, {{run_id}})")
+        if not v.startswith("{root}"):
+            _check_uri(v)
+        if ".." in v.replace("\\", "/").split("/"):
+            raise ValueError("must not contain '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _inputs(self) -> GenerateSpec:
+        if self.seeds is None and self.prompts is None:
+            raise ValueError("needs generate.seeds and/or generate.prompts")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- job
+class JobSpec(Strict):
+    """A whole job: any of the stages train, evaluate, generate."""
+
+    name: str = Field(..., min_length=1, max_length=100, description="Job name: letters, digits, '-', '_', '.'.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Where outputs, checkpoints and models go.")
+    env: list[str] = Field(default_factory=list, description="Env-var names passed to the cluster on `aigc submit`.")
+    train: TrainSpec | None = Field(None, description="Train stage.")
+    evaluate: EvaluateSpec | None = Field(None, description="Evaluate stage.")
+    generate: GenerateSpec | None = Field(None, description="Generate stage.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", v) or ".." in v:
+            raise ValueError("must be letters, digits, '-', '_' or '.', starting with a letter or digit")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not _ENV_NAME_RE.match(name):
+                raise ValueError(f"'{name}' is not an environment variable name")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> JobSpec:
+        if self.train is None and self.evaluate is None and self.generate is None:
+            raise ValueError("a job needs at least one of train, evaluate, generate")
+        gen = self.generate
+        if gen is not None and gen.prompts is not None:
+            model = self.train.model if self.train else None
+            if model is not None and not model.conditional:
+                raise ValueError(
+                    "generate.prompts: prompts need a conditional model, "
+                    "but train.model.conditional is false"
+                )
+            if model is None and gen.model is None:
+                raise ValueError("generate.prompts: prompts need a conditional model; set generate.model or a train stage")
+        if gen is not None and gen.model is None and self.train is None:
+            raise ValueError("generate.model: needed when the job has no train stage")
+        if gen is not None and self.train is not None and self.train.data.uri:
+            out = gen.output.replace("{root}", self.storage.root.rstrip("/"))
+            out = _TEMPLATE_RE.sub("x", out).rstrip("/") + "/"
+            data = self.train.data.uri.rstrip("/") + "/"
+            if out.startswith(data):
+                raise ValueError("generate.output: must not be inside the training data (train.data.uri)")
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    def fingerprint(self, *sections: str) -> str:
+        """sha256 of the canonical JSON of the named sections (all when none)."""
+        data = self.model_dump(mode="json", include=set(sections) if sections else None, exclude_none=True)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def masked(self) -> dict[str, Any]:
+        """The spec as plain data, safe to print or store (no secret values)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# --------------------------------------------------------------------------------------------- loading
+_MSG_REWRITES = [
+    (re.compile(r"^Input should be (greater|less) than or equal to"), r"must be \1 than or equal to"),
+    (re.compile(r"^Input should be"), "must be"),
+    (re.compile(r"^Extra inputs are not permitted$"), "unknown key (not part of the spec)"),
+    (re.compile(r"^Field required$"), "missing required key"),
+    (re.compile(r"^Value error, "), ""),
+    (re.compile(r"^Assertion failed, "), ""),
+]
+
+
+def _friendly(msg: str) -> str:
+    for pat, rep in _MSG_REWRITES:
+        msg = pat.sub(rep, msg)
+    return msg
+
+
+def _format_errors(source: str, err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = _friendly(e["msg"])
+        # Model-level checks put the field in the message ("generate.prompts: ..."); don't repeat the loc.
+        if re.match(r"^[a-z_]+(\.[a-z_0-9]+)+: ", msg):
+            lines.append(f"{source}: {msg}")
+        else:
+            lines.append(f"{source}: {loc or '<root>'}: {msg}")
+    return lines
+
+
+def _yaml_load(text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError([f"{source}: {where}invalid YAML: {problem}"]) from None
+    except RecursionError:
+        raise SpecError([f"{source}: invalid YAML: nested too deeply"]) from None
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursively merge ``over`` into a copy of ``base`` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _resolve_include(name: str, job_path: Path, source: str) -> Path:
+    candidates = [job_path.parent / name, Path.cwd() / name, Path.cwd() / "configs" / name]
+    for base in (job_path.parent, *job_path.parents):
+        candidates.append(base / "configs" / name)
+    for c in candidates:
+        for cand in (c, c.with_suffix(".yaml")) if not c.suffix else (c,):
+            if cand.is_file():
+                return cand
+    raise SpecError([f"{source}: include: '{name}' not found (looked beside the job and in configs/)"])
+
+
+def _load_raw(path: Path, source: str, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        raise SpecError([f"{source}: include: '{path}' includes itself"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{source}: file not found"]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError([f"{source}: not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise SpecError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
+    data = _yaml_load(text, source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([f"{source}: a job spec must be a YAML mapping, not {type(data).__name__}"])
+    includes = data.pop("include", None)
+    if includes is None:
+        return data
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise SpecError([f"{source}: include: must be a file name or a list of file names"])
+    merged: dict = {}
+    for inc in includes:
+        inc_path = _resolve_include(inc, path, source)
+        merged = deep_merge(merged, _load_raw(inc_path, str(inc_path), seen + (path.resolve(),)))
+    return deep_merge(merged, data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"a.b=c"`` → (["a", "b"], parsed YAML scalar of c)."""
+    if "=" not in item:
+        raise SpecError([f"--set {item}: expected KEY=VALUE, e.g. generate.seeds.count=100"])
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", key):
+        raise SpecError([f"--set {item}: '{key}' is not a dotted key path"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise SpecError([f"--set {item}: '{part}' is not a section"])
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def load_job(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
+    """Load, merge includes, apply ``--set`` overrides and validate a job spec file."""
+    p = Path(path)
+    source = str(path)
+    data = _load_raw(p, source)
+    data = apply_overrides(data, overrides or [])
+    return validate_job(data, source)
+
+
+def validate_job(data: Any, source: str = "<spec>") -> JobSpec:
+    if not isinstance(data, dict):
+        raise SpecError([f"{source}: a job spec must be a mapping, not {type(data).__name__}"])
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(source, exc)) from None
+    except (RecursionError, OverflowError) as exc:  # pathological inputs (huge ints, deep nesting)
+        raise SpecError([f"{source}: cannot validate: {type(exc).__name__}"]) from None
+
+
+# --------------------------------------------------------------------------------------------- templating
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def check_date(value: str) -> str:
+    try:
+        return _dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise SpecError([f"--date {value}: expected YYYY-MM-DD"]) from None
+
+
+def check_run_id(value: str) -> str:
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", value) or ".." in value:
+        raise SpecError([f"--run-id {value}: use letters, digits, '-', '_' or '.' (no '/', no '..')"])
+    return value
+
+
+def render_output(job: JobSpec, date: str | None = None, run_id: str | None = None) -> str:
+    """The generate output URI with {root}, {name}, {date}, {run_id} filled in."""
+    assert job.generate is not None
+    date = check_date(date) if date else today()
+    run_id = check_run_id(run_id) if run_id else date
+    values = {"root": job.storage.root.rstrip("/"), "name": job.name, "date": date, "run_id": run_id}
+    return _TEMPLATE_RE.sub(lambda m: values[m.group(1)], job.generate.output).rstrip("/")

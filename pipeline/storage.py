@@ -1,0 +1,436 @@
+"""Storage: one code path for local paths, file://, s3:// (any endpoint), gs:// and memory://.
+
+This is the only module that knows about object-store quirks. It makes
+
+* :class:`Store`, a root URI plus its fsspec filesystem, with atomic single writes and
+  concurrent bulk writes (one PNG per item to S3 must not be one PUT after another);
+* shard commits: a shard's files are written first, then its index ``_shards/<id>.json``
+  (per-file size and sha256). A shard is committed exactly when its index exists;
+* ``manifest.json`` then ``_SUCCESS``, written last by :func:`publish`;
+* :func:`verify`, which recomputes every checksum and names each missing, extra or corrupt file.
+
+Errors from any backend become a :class:`StorageError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import fsspec
+
+from pipeline.specs import StorageSpec, uri_scheme
+
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+SHARDS_DIR = "_shards"
+MANIFEST_FORMAT = "aigc-manifest/1"
+# Files that describe a commit rather than being part of it.
+_CONTROL = (MANIFEST, SUCCESS)
+
+
+class StorageError(Exception):
+    """A storage problem, already phrased for the user in one line."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("aigc-pipeline", "ray", "torch", "pyarrow", "numpy", "pillow", "fsspec"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+# --------------------------------------------------------------------------------------------- errors
+def _describe(exc: BaseException, uri: str, endpoint: str | None) -> str:
+    """Turn any backend exception into one line naming the URI."""
+    text = f"{type(exc).__name__}: {exc}"
+    low = text.lower()
+    where = f" at {endpoint}" if endpoint else ""
+    if any(k in low for k in ("could not connect", "connection refused", "cannot connect", "connect timeout",
+                              "endpointconnectionerror", "name or service not known", "connectionerror",
+                              "clientconnectorerror", "max retries exceeded", "server disconnected")):
+        return f"{uri}: cannot reach the storage endpoint{where} ({type(exc).__name__})"
+    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
+        return f"{uri}: bucket does not exist"
+    if isinstance(exc, PermissionError) or "accessdenied" in low or "access denied" in low or "forbidden" in low \
+            or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low:
+        return f"{uri}: access denied (check the credentials named in storage.credentials)"
+    if isinstance(exc, FileNotFoundError):
+        return f"{uri}: not found"
+    if isinstance(exc, IsADirectoryError):
+        return f"{uri}: is a directory"
+    if isinstance(exc, OSError) and exc.errno == 28:
+        return f"{uri}: no space left on device"
+    if isinstance(exc, OSError) and exc.errno == 30:
+        return f"{uri}: read-only file system"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{uri}: {type(exc).__name__}: {first[:300]}"
+
+
+# --------------------------------------------------------------------------------------------- filesystems
+def storage_options(scheme: str, spec: StorageSpec | None) -> dict[str, Any]:
+    """fsspec options for a scheme: endpoint, region and credentials from the spec or the env."""
+    spec = spec or StorageSpec()
+    creds = spec.credentials
+    if scheme == "s3":
+        opts: dict[str, Any] = {}
+        client: dict[str, Any] = {}
+        endpoint = spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            client["endpoint_url"] = endpoint
+        region = spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        if region:
+            client["region_name"] = region
+        if client:
+            opts["client_kwargs"] = client
+        for key, env in (("key", creds.access_key_env), ("secret", creds.secret_key_env), ("token", creds.session_token_env)):
+            if env:
+                if env not in os.environ:
+                    raise StorageError(f"storage.credentials: environment variable {env} is not set")
+                opts[key] = os.environ[env]
+        if creds.profile:
+            opts["profile"] = creds.profile
+        # Fail fast on a dead endpoint instead of retrying for minutes.
+        opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
+        opts["skip_instance_cache"] = True
+        return opts
+    if scheme in ("gs", "gcs"):
+        opts = {}
+        if creds.token_file_env:
+            if creds.token_file_env not in os.environ:
+                raise StorageError(f"storage.credentials: environment variable {creds.token_file_env} is not set")
+            opts["token"] = os.environ[creds.token_file_env]
+        if spec.endpoint:
+            opts["endpoint_url"] = spec.endpoint
+        return opts
+    return {}
+
+
+def _strip(uri: str) -> str:
+    return uri.rstrip("/") if len(uri.rstrip("/")) > 0 else uri
+
+
+def open_fs(uri: str, spec: StorageSpec | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    scheme = uri_scheme(uri)
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options(scheme, spec))
+    except StorageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every backend has its own
+        raise StorageError(_describe(exc, uri, spec.endpoint if spec else None)) from None
+    return fs, path.rstrip("/") if path not in ("/", "") else path
+
+
+def join(*parts: str) -> str:
+    return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p != "")
+
+
+def safe_relpath(rel: str) -> str:
+    """Refuse relative paths that could escape a store's root."""
+    norm = rel.replace("\\", "/")
+    if not norm or norm.startswith("/") or "://" in norm or any(p in ("..", "") for p in norm.split("/")):
+        raise StorageError(f"refusing unsafe relative path {rel!r}")
+    return norm
+
+
+class Store:
+    """A root URI and its filesystem. Relative paths inside are always '/'-separated.
+
+    >>> store = Store("memory://demo")
+    >>> store.write("a/b.txt", b"hi"); store.read("a/b.txt")
+    b'hi'
+    """
+
+    def __init__(self, uri: str, spec: StorageSpec | None = None):
+        self.uri = _strip(uri)
+        self.spec = spec or StorageSpec()
+        self.fs, self.root = open_fs(self.uri, self.spec)
+        self.local = "file" in _protocols(self.fs) or "local" in _protocols(self.fs)
+
+    # -- plumbing
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    def __getstate__(self) -> dict:  # ship to Ray workers as (uri, spec); rebuild fs there
+        return {"uri": self.uri, "spec": self.spec}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["uri"], state["spec"])
+
+    def child(self, rel: str) -> Store:
+        return Store(join(self.uri, safe_relpath(rel)), self.spec)
+
+    def path(self, rel: str = "") -> str:
+        return join(self.root, safe_relpath(rel)) if rel else self.root
+
+    def url(self, rel: str = "") -> str:
+        return join(self.uri, rel) if rel else self.uri
+
+    @contextlib.contextmanager
+    def errors(self, rel: str = "") -> Iterator[None]:
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise StorageError(_describe(exc, self.url(rel), self.spec.endpoint)) from None
+
+    # -- reads
+    def exists(self, rel: str) -> bool:
+        with self.errors(rel):
+            return self.fs.exists(self.path(rel))
+
+    def read(self, rel: str) -> bytes:
+        with self.errors(rel):
+            return self.fs.cat_file(self.path(rel))
+
+    def read_json(self, rel: str) -> Any:
+        data = self.read(rel)
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise StorageError(f"{self.url(rel)}: not valid JSON") from None
+
+    def list(self, rel: str = "") -> list[str]:
+        """All files under ``rel``, recursively, as paths relative to the store root."""
+        base = self.path(rel) if rel else self.root
+        with self.errors(rel):
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
+        prefix = self.root.rstrip("/") + "/"
+        out = []
+        for p in found:
+            if p.startswith(prefix):
+                out.append(p[len(prefix):])
+        return sorted(out)
+
+    # -- writes
+    def write(self, rel: str, data: bytes) -> None:
+        """Write one file atomically: a reader sees the old state or all of ``data``, never half."""
+        path = self.path(rel)
+        with self.errors(rel):
+            if self.local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            else:
+                self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+
+    def write_json(self, rel: str, obj: Any) -> bytes:
+        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        self.write(rel, data)
+        return data
+
+    def write_many(self, files: dict[str, bytes]) -> None:
+        """Write many files concurrently (bounded), each atomically."""
+        if not files:
+            return
+        if not self.local and getattr(self.fs, "async_impl", False):
+            # s3fs/gcsfs: fsspec's bulk pipe gathers the PUTs on its event loop, batch_size at a time.
+            with self.errors():
+                self.fs.pipe({self.path(k): v for k, v in files.items()}, batch_size=self.spec.max_concurrency)
+            return
+        if self.local:
+            for d in {os.path.dirname(self.path(k)) for k in files}:
+                os.makedirs(d, exist_ok=True)
+        if len(files) < 8 or not self.local and "memory" in _protocols(self.fs):
+            for k, v in files.items():
+                self.write(k, v)
+            return
+        with ThreadPoolExecutor(min(self.spec.max_concurrency, 16)) as pool:
+            list(pool.map(lambda kv: self.write(*kv), files.items()))
+
+    def delete(self, rels: Iterable[str]) -> None:
+        paths = [self.path(r) for r in rels]
+        if paths:
+            with self.errors():
+                self.fs.rm(paths)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    p = fs.protocol
+    return (p,) if isinstance(p, str) else tuple(p)
+
+
+# --------------------------------------------------------------------------------------------- commits
+@dataclass
+class FileRecord:
+    size: int
+    sha256: str
+
+    def to_json(self) -> dict:
+        return {"size": self.size, "sha256": self.sha256}
+
+
+def records(files: dict[str, bytes]) -> dict[str, dict]:
+    return {k: FileRecord(len(v), sha256(v)).to_json() for k, v in sorted(files.items())}
+
+
+def shard_index_path(shard_id: str) -> str:
+    return f"{SHARDS_DIR}/{shard_id}.json"
+
+
+def commit_shard(store: Store, shard_id: str, files: dict[str, bytes], meta: dict | None = None) -> dict:
+    """Write a shard's files, then its index. The index is the commit point.
+
+    The index holds only deterministic content (names, sizes, sha256, item counts) so that a
+    rerun or a racing run of the same spec writes the very same bytes.
+    """
+    store.write_many(files)
+    index = {"shard": shard_id, "files": records(files), **(meta or {})}
+    data = store.write_json(shard_index_path(shard_id), index)
+    return {"shard": shard_id, "index_sha256": sha256(data), "files": len(files),
+            "bytes": sum(len(v) for v in files.values()), **(meta or {})}
+
+
+def committed_shards(store: Store) -> dict[str, dict]:
+    """Indexes of every committed shard, keyed by shard id."""
+    out = {}
+    for rel in store.list(SHARDS_DIR):
+        if not rel.endswith(".json") or ".tmp-" in rel:
+            continue
+        data = store.read(rel)
+        try:
+            index = json.loads(data)
+        except ValueError:
+            continue  # cannot happen with atomic writes; a torn index is treated as uncommitted
+        out[index["shard"]] = {"index": index, "index_sha256": sha256(data)}
+    return out
+
+
+def is_published(store: Store) -> bool:
+    return store.exists(SUCCESS) and store.exists(MANIFEST)
+
+
+def publish(store: Store, *, kind: str, job: str, spec: dict | None, counts: dict,
+            shards: dict[str, dict] | None = None, files: dict[str, bytes] | None = None,
+            extra: dict | None = None) -> dict:
+    """Write top-level ``files``, then ``manifest.json``, then ``_SUCCESS``: the publish point.
+
+    ``shards`` maps shard id → {"index_sha256", "items", "files", "bytes"} from :func:`commit_shard`.
+    """
+    import datetime as dt
+
+    files = files or {}
+    store.write_many(files)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "kind": kind,
+        "job": job,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "spec": spec,
+        "counts": counts,
+        "versions": package_versions(),
+        "files": records(files),
+        "shards": {
+            sid: {"index": shard_index_path(sid), **{k: v for k, v in rec.items() if k != "shard"}}
+            for sid, rec in sorted((shards or {}).items())
+        },
+        **(extra or {}),
+    }
+    store.write_json(MANIFEST, manifest)
+    store.write(SUCCESS, b"")
+    return manifest
+
+
+# --------------------------------------------------------------------------------------------- verify
+@dataclass
+class VerifyReport:
+    uri: str
+    ok: bool = True
+    files_checked: int = 0
+    bytes_checked: int = 0
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.uri}: {p}" for p in self.problems]
+        out += [f"missing: {self.uri}/{p}" for p in self.missing]
+        out += [f"corrupt: {self.uri}/{p}" for p in self.corrupt]
+        out += [f"extra: {self.uri}/{p}" for p in self.extra]
+        return out
+
+
+def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, present: set[str]) -> None:
+    def check(item: tuple[str, dict]) -> tuple[str, str | None]:
+        rel, rec = item
+        if rel not in present:
+            return rel, "missing"
+        try:
+            data = store.read(rel)
+        except StorageError:
+            return rel, "missing"
+        if len(data) != rec["size"] or sha256(data) != rec["sha256"]:
+            return rel, "corrupt"
+        return rel, None
+
+    with ThreadPoolExecutor(8 if not store.local else 4) as pool:
+        for rel, status in pool.map(check, sorted(expected.items())):
+            report.files_checked += 1
+            if status == "missing":
+                report.missing.append(rel)
+            elif status == "corrupt":
+                report.corrupt.append(rel)
+            else:
+                report.bytes_checked += expected[rel]["size"]
+
+
+def verify(uri: str, spec: StorageSpec | None = None) -> VerifyReport:
+    """Recompute every checksum the manifest lists; name each missing, extra or corrupt file."""
+    store = Store(uri, spec)
+    report = VerifyReport(uri=store.uri)
+    present = set(store.list())
+    if MANIFEST not in present:
+        report.ok = False
+        report.problems.append("no manifest.json: this output was never published (or is not an aigc output)")
+        return report
+    if SUCCESS not in present:
+        report.problems.append("no _SUCCESS marker: the publish did not finish")
+    manifest = store.read_json(MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        report.ok = False
+        report.problems.append(f"manifest.json: not an {MANIFEST_FORMAT} manifest")
+        return report
+    expected: dict[str, dict] = dict(manifest.get("files", {}))
+    index_files: set[str] = set()
+    for sid, rec in manifest.get("shards", {}).items():
+        rel = rec["index"]
+        index_files.add(rel)
+        if rel not in present:
+            report.missing.append(rel)
+            continue
+        data = store.read(rel)
+        if sha256(data) != rec["index_sha256"]:
+            report.corrupt.append(rel)
+            continue
+        expected.update(json.loads(data)["files"])
+    _check_files(store, expected, report, present)
+    report.extra = sorted(present - set(expected) - index_files - set(_CONTROL))
+    report.ok = not (report.missing or report.corrupt or report.extra or report.problems)
+    return report
