@@ -80,6 +80,27 @@ def verify(
         raise typer.Exit(1)
 
 
+DateOpt = Annotated[Optional[str], typer.Option(help="Logical run date YYYY-MM-DD for {date} (default: today).")]
+RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="Run id for {run_id} (default: the date).")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")]
+
+
+@app.command()
+@handles_errors
+def generate(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: RunIdOpt = None,
+             address: AddressOpt = None) -> None:
+    """Generate PNG + Parquet assets for a job's seeds and prompts; resumes committed shards."""
+    from pipeline.generate import run_generate
+
+    spec = load(job, set_)
+    res = run_generate(spec, date=date, run_id=run_id, address=address)
+    if not res.skipped:
+        typer.echo(f"generate: {res.items:,} items ({res.shards} shards, {res.shards_skipped} resumed, "
+                   f"{res.rejected} prompts rejected), {res.bytes:,} bytes in {res.seconds:.1f}s "
+                   f"({res.items_per_s:,.0f} items/s)")
+    typer.echo(f"output: {res.output}")
+
+
 def main() -> None:
     app(prog_name="aigc")
 

@@ -98,3 +98,14 @@ def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise PackageError(f"{uri}/{WEIGHTS}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
     return ModelPackage(uri=store.uri, config=config, meta=meta, model_sha256=model_sha, state_dict=state)
+
+
+def train_version(job) -> str:
+    """The package version a job's train stage exports: train.version, else the train-spec fingerprint."""
+    assert job.train is not None
+    return job.train.version or job.fingerprint("train")[:12]
+
+
+def train_package_uri(job) -> str:
+    """Where a job's train stage exports its model package (what generate loads by default)."""
+    return package_uri(job.storage.root, job.name, train_version(job))

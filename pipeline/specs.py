@@ -36,8 +36,17 @@ class SpecError(Exception):
     """A job spec could not be loaded; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        # One problem is one line: escape newlines and other line breaks a user's value may carry.
+        self.problems = [_one_line(p) for p in problems] or ["invalid job spec"]
+        super().__init__("\n".join(self.problems))
+
+
+def _one_line(text: str) -> str:
+    """``text`` with every non-printable character (newline, \\u2028, NUL, ...) escaped."""
+    text = str(text)
+    if text.isprintable():
+        return text or "invalid job spec"
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def uri_scheme(uri: str) -> str:
@@ -50,10 +59,24 @@ def _check_uri(value: str) -> str:
     value = value.strip()
     if not value:
         raise ValueError("must not be empty")
+    if not value.isprintable():
+        raise ValueError("must not contain control characters or line breaks")
+    if "://" in value and not _URI_RE.match(value):
+        raise ValueError(f"malformed URI scheme '{value.split('://')[0][:40]}://'")
     scheme = uri_scheme(value)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown storage scheme '{scheme}://' (supported: local path, {', '.join(s + '://' for s in SCHEMES)})")
     return value
+
+
+def _norm_location(uri: str) -> str:
+    """A URI in a comparable form ending in '/': local paths and file:// absolute and normalized."""
+    if uri_scheme(uri) == "file":
+        path = uri[len("file://"):] if uri.lower().startswith("file://") else uri
+        return os.path.abspath(os.path.expanduser(path)).rstrip("/") + "/"
+    scheme, _, rest = uri.partition("://")
+    scheme = {"gcs": "gs"}.get(scheme.lower(), scheme.lower())
+    return f"{scheme}://" + "/".join(p for p in rest.split("/") if p not in ("", ".")) + "/"
 
 
 def _looks_like_key(value: str) -> bool:
@@ -311,9 +334,11 @@ class JobSpec(Strict):
     @field_validator("env")
     @classmethod
     def _env(cls, v: list[str]) -> list[str]:
-        for name in v:
+        for i, name in enumerate(v):
+            if _looks_like_key(name):  # never echo what may be a secret value
+                raise ValueError(f"item {i}: must be an environment variable NAME; never put a secret itself in a spec")
             if not _ENV_NAME_RE.match(name):
-                raise ValueError(f"'{name}' is not an environment variable name")
+                raise ValueError(f"'{name[:60]}' is not an environment variable name")
         return v
 
     @model_validator(mode="after")
@@ -334,8 +359,8 @@ class JobSpec(Strict):
             raise ValueError("generate.model: needed when the job has no train stage")
         if gen is not None and self.train is not None and self.train.data.uri:
             out = gen.output.replace("{root}", self.storage.root.rstrip("/"))
-            out = _TEMPLATE_RE.sub("x", out).rstrip("/") + "/"
-            data = self.train.data.uri.rstrip("/") + "/"
+            out = _norm_location(_TEMPLATE_RE.sub("x", out))
+            data = _norm_location(self.train.data.uri)
             if out.startswith(data):
                 raise ValueError("generate.output: must not be inside the training data (train.data.uri)")
         return self
@@ -391,6 +416,9 @@ def _yaml_load(text: str, source: str) -> Any:
         raise SpecError([f"{source}: {where}invalid YAML: {problem}"]) from None
     except RecursionError:
         raise SpecError([f"{source}: invalid YAML: nested too deeply"]) from None
+    except Exception as exc:  # noqa: BLE001 - PyYAML constructors raise ValueError etc. (`2020-02-30`, `!!int x`)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise SpecError([f"{source}: invalid YAML value: {first}"]) from None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -409,9 +437,12 @@ def _resolve_include(name: str, job_path: Path, source: str) -> Path:
     for base in (job_path.parent, *job_path.parents):
         candidates.append(base / "configs" / name)
     for c in candidates:
-        for cand in (c, c.with_suffix(".yaml")) if not c.suffix else (c,):
-            if cand.is_file():
-                return cand
+        try:  # names like '/' (no stem) or 5,000 characters (ENAMETOOLONG) are just "not found"
+            for cand in (c, c.with_suffix(".yaml")) if not c.suffix else (c,):
+                if cand.is_file():
+                    return cand
+        except (OSError, ValueError):
+            continue
     raise SpecError([f"{source}: include: '{name}' not found (looked beside the job and in configs/)"])
 
 
@@ -455,7 +486,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise SpecError([f"--set {item}: '{key}' is not a dotted key path"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except Exception:  # noqa: BLE001 - YAMLError, or ValueError from `!!int x` / `2020-02-30`: keep the text
         value = raw
     return key.split("."), value
 

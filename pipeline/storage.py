@@ -41,6 +41,11 @@ class StorageError(Exception):
     """A storage problem, already phrased for the user in one line."""
 
 
+def json_bytes(obj: Any) -> bytes:
+    """The one JSON encoding used for every control file (stable, so equal objects give equal bytes)."""
+    return json.dumps(obj, indent=1, sort_keys=True).encode()
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -228,7 +233,9 @@ class Store:
         path = self.path(rel)
         with self.errors(rel):
             if self.local:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
+                parent = os.path.dirname(path)
+                if not os.path.isdir(parent):
+                    os.makedirs(parent, exist_ok=True)
                 tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
                 try:
                     with open(tmp, "wb") as f:
@@ -241,7 +248,7 @@ class Store:
                 self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
 
     def write_json(self, rel: str, obj: Any) -> bytes:
-        data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        data = json_bytes(obj)
         self.write(rel, data)
         return data
 
@@ -254,10 +261,11 @@ class Store:
             with self.errors():
                 self.fs.pipe({self.path(k): v for k, v in files.items()}, batch_size=self.spec.max_concurrency)
             return
-        if self.local:
-            for d in {os.path.dirname(self.path(k)) for k in files}:
-                os.makedirs(d, exist_ok=True)
-        if len(files) < 8 or not self.local and "memory" in _protocols(self.fs):
+        if self.local or "memory" in _protocols(self.fs):
+            # Local disks: serial atomic writes beat a thread pool (measured 48 vs 79 us/file here).
+            if self.local:
+                for d in {os.path.dirname(self.path(k)) for k in files}:
+                    os.makedirs(d, exist_ok=True)
             for k, v in files.items():
                 self.write(k, v)
             return

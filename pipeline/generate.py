@@ -1,0 +1,468 @@
+"""Bulk generation: seeds and prompts → committed PNG + Parquet shards in any storage.
+
+    aigc generate jobs/demo.yaml --date 2026-11-28
+
+How a job becomes bytes (DESIGN §3):
+
+1. **Work items.** Seed items ``start .. start+count-1`` and prompt items (prompt line x sample).
+   Each has an ``item_id`` and a seed derived only from the spec (:func:`item_seed`).
+2. **Shards.** Items are cut into fixed shards of ``shard_size``, by the spec, not by how Ray
+   blocks the data. A shard is the unit of work, retry, naming and commit.
+3. **Ray Data.** One row per shard still to do; ``map_batches`` runs :class:`ShardGenerator`
+   (loads the model package once per actor) on an ``ActorPoolStrategy`` pool. The actor
+   generates the shard in fixed micro-batches, encodes PNGs with provenance, writes them and the
+   shard's Parquet file straight to storage, then commits the shard index. Only small summaries
+   travel back through the object store.
+4. **Publish.** When every shard is committed: orphans removed, ``manifest.json`` then
+   ``_SUCCESS``. A rerun skips committed shards; a rerun of a published job is a no-op.
+
+Item bytes depend only on (spec, model package, item), never on actor count or retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipeline.encode import SCHEMA, encode_png, logical_time, parquet_bytes, provenance
+from pipeline.errors import PipelineError
+from pipeline.package import PackageError, load_package, train_package_uri
+from pipeline.prompts import PromptSet, load_prompts
+from pipeline.safety import PromptFilter
+from pipeline.specs import JobSpec, StorageSpec, render_output, today
+from pipeline.storage import (
+    SHARDS_DIR,
+    StorageError,
+    Store,
+    commit_shard,
+    committed_shards,
+    is_published,
+    json_bytes,
+    publish,
+    sha256,
+)
+
+JOB_FILE = "_job.json"
+REJECTED = "rejected.jsonl"
+_MASK64 = (1 << 64) - 1
+
+
+# --------------------------------------------------------------------------------------------- 1. items
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def item_seed(job_seed: int, stream: int, a: int, b: int = 0) -> int:
+    """A 63-bit seed from (job seed, stream, index a, index b) alone. stream 0 = seeds, 1 = prompts."""
+    x = _splitmix64(job_seed)
+    for v in (stream, a, b):
+        x = _splitmix64(x ^ (v & _MASK64))
+    return x >> 1
+
+
+def seed_item_id(i: int) -> str:
+    return f"s{i:012d}"
+
+
+def prompt_item_id(line: int, k: int) -> str:
+    return f"p{line:09d}-{k:05d}"
+
+
+@dataclass(frozen=True)
+class Item:
+    item_id: str
+    seed: int
+    label: int | None
+    prompt: str | None = None
+
+
+@dataclass
+class ShardPlan:
+    shard_id: str
+    # seed shards: a range of item indices; prompt shards: explicit items
+    start: int = 0
+    count: int = 0
+    prompt_items: list[list] = field(default_factory=list)  # [item_id, seed, label, prompt]
+
+    @property
+    def items(self) -> int:
+        return self.count if not self.prompt_items else len(self.prompt_items)
+
+    def row(self) -> dict[str, Any]:
+        return {"shard": self.shard_id, "start": self.start, "count": self.count,
+                "prompt_items": json.dumps(self.prompt_items, ensure_ascii=False)}
+
+
+def plan_shards(job: JobSpec, prompts: PromptSet | None, num_classes: int | None) -> list[ShardPlan]:
+    gen = job.generate
+    assert gen is not None
+    size = gen.shard_size
+    shards: list[ShardPlan] = []
+    if gen.seeds is not None:
+        start, count = gen.seeds.start, gen.seeds.count
+        for k, off in enumerate(range(0, count, size)):
+            shards.append(ShardPlan(f"s{k:06d}", start=start + off, count=min(size, count - off)))
+    if prompts is not None and prompts.prompts:
+        chunk: list[list] = []
+        k = 0
+        for p in prompts.prompts:
+            for s in range(p.n):
+                chunk.append([prompt_item_id(p.line, s), item_seed(gen.seed, 1, p.line, s), p.label, p.text])
+                if len(chunk) == size:
+                    shards.append(ShardPlan(f"p{k:06d}", prompt_items=chunk))
+                    chunk, k = [], k + 1
+        if chunk:
+            shards.append(ShardPlan(f"p{k:06d}", prompt_items=chunk))
+    return shards
+
+
+def shard_items(row: dict[str, Any], job_seed: int, num_classes: int | None) -> list[Item]:
+    prompt_items = json.loads(row["prompt_items"]) if row["prompt_items"] else []
+    if prompt_items:
+        return [Item(item_id=i, seed=s, label=lab, prompt=p) for i, s, lab, p in prompt_items]
+    start, count = int(row["start"]), int(row["count"])
+    return [Item(item_id=seed_item_id(i), seed=item_seed(job_seed, 0, i),
+                 label=(i % num_classes) if num_classes else None) for i in range(start, start + count)]
+
+
+# --------------------------------------------------------------------------------------------- 3. actor
+@dataclass
+class ShardConfig:
+    """Everything an actor needs, as plain data (it is shipped to every actor once)."""
+
+    model_uri: str
+    model_sha256: str
+    output: str
+    storage: StorageSpec
+    job: str
+    job_seed: int
+    date: str
+    formats: list[str]
+    batch_size: int
+    threads: int
+    device: str = "cpu"
+
+
+class ShardGenerator:
+    """Ray Data callable class: loads the model once, then turns shard rows into committed shards."""
+
+    def __init__(self, cfg: ShardConfig):
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # actors share the node: one pool, not N x all cores
+        self.cfg = cfg
+        pkg = load_package(cfg.model_uri, cfg.storage)
+        if pkg.model_sha256 != cfg.model_sha256:  # the package changed under a running job
+            raise PackageError(f"{cfg.model_uri}: model changed during the run (sha256 {pkg.model_sha256[:12]}…)")
+        self.model = pkg.config
+        self.g = pkg.build_generator(cfg.device)
+        self.store = Store(cfg.output, cfg.storage)
+        self.created_at = logical_time(cfg.date)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        out: dict[str, list] = {"shard": [], "items": [], "files": [], "bytes": []}
+        for i in range(len(batch["shard"])):
+            row = {k: batch[k][i] for k in batch}
+            summary = self.run_shard(row)
+            for k in out:
+                out[k].append(summary[k])
+        return out
+
+    def pixels(self, items: list[Item]) -> Iterator[np.ndarray]:
+        """uint8 NHWC images for ``items``, in fixed micro-batches of ``batch_size``."""
+        import torch
+
+        cfg, model = self.cfg, self.model
+        with torch.inference_mode():
+            for lo in range(0, len(items), cfg.batch_size):
+                chunk = items[lo: lo + cfg.batch_size]
+                # each item's latent comes from its own generator: independent of batching
+                z = torch.stack([torch.randn(model.z_dim, generator=torch.Generator().manual_seed(it.seed)) for it in chunk])
+                labels = torch.tensor([it.label for it in chunk]) if model.conditional else None
+                x = self.g(z.to(cfg.device), labels=labels.to(cfg.device) if labels is not None else None)
+                x = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+                yield x.permute(0, 2, 3, 1).cpu().numpy()
+
+    def run_shard(self, row: dict[str, Any]) -> dict[str, Any]:
+        cfg = self.cfg
+        shard = str(row["shard"])
+        items = shard_items(row, cfg.job_seed, self.model.num_classes if self.model.conditional else None)
+        pngs: dict[str, bytes] = {}
+        cols: dict[str, list] = {name: [] for name in SCHEMA.names}
+        k = 0
+        for imgs in self.pixels(items):
+            for px in imgs:
+                it = items[k]
+                k += 1
+                png = encode_png(px if px.shape[2] != 1 else px[:, :, 0],
+                                 provenance(job=cfg.job, item_id=it.item_id, seed=it.seed,
+                                            model_sha256=cfg.model_sha256, prompt=it.prompt, label=it.label))
+                path = f"images/{shard}/{it.item_id}.png"
+                if "png" in cfg.formats:
+                    pngs[path] = png
+                if "parquet" in cfg.formats:
+                    cols["item_id"].append(it.item_id)
+                    cols["seed"].append(it.seed)
+                    cols["prompt"].append(it.prompt)
+                    cols["label"].append(it.label)
+                    cols["image"].append({"bytes": png, "path": path})
+                    cols["png_sha256"].append(sha256(png))
+                    cols["width"].append(px.shape[1])
+                    cols["height"].append(px.shape[0])
+                    cols["model_sha256"].append(cfg.model_sha256)
+                    cols["job"].append(cfg.job)
+                    cols["created_at"].append(self.created_at)
+        files = dict(pngs)
+        if "parquet" in cfg.formats:
+            files[f"data/part-{shard}.parquet"] = parquet_bytes(cols)
+        rec = commit_shard(self.store, shard, files, {"items": len(items)})
+        return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"]}
+
+
+# --------------------------------------------------------------------------------------------- driver
+@dataclass
+class GenerateResult:
+    output: str
+    items: int
+    shards: int
+    shards_skipped: int
+    rejected: int
+    bytes: int
+    seconds: float
+    skipped: bool = False  # the whole job was already published
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+class Progress:
+    """One-line progress on stderr: items, items/s, ETA (a carriage-return bar on a terminal)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.t0 = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < (0.2 if self.tty else 5.0) and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0
+        width = 30
+        fill = int(width * self.done / max(self.total, 1))
+        line = (f"generate [{'#' * fill}{'.' * (width - fill)}] {self.done:,}/{self.total:,} items "
+                f"{rate:,.0f} items/s ETA {eta:,.0f}s")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.tty and self.done >= self.total:
+            print(file=sys.stderr)
+
+
+def model_uri_for(job: JobSpec) -> str:
+    gen = job.generate
+    assert gen is not None
+    if gen.model:
+        return gen.model
+    return train_package_uri(job)
+
+
+def run_key(job: JobSpec, model_sha256: str, date: str) -> dict[str, Any]:
+    """What fixes the bytes of a run: everything but scaling (actors, batch size, GPUs)."""
+    gen = job.generate
+    assert gen is not None
+    spec = gen.model_dump(mode="json", exclude={"scaling"}, exclude_none=True)
+    spec.pop("model", None)
+    key = {"job": job.name, "date": date, "model_sha256": model_sha256, "generate": spec}
+    key["fingerprint"] = sha256(json.dumps(key, sort_keys=True).encode())
+    return key
+
+
+def _check_same_job(store: Store, key: dict[str, Any]) -> None:
+    if store.exists(JOB_FILE):
+        prev = store.read_json(JOB_FILE)
+        if not isinstance(prev, dict) or prev.get("fingerprint") != key["fingerprint"]:
+            raise PipelineError(
+                f"{store.uri}: holds outputs of a different job spec or model "
+                f"(fingerprint {str(prev.get('fingerprint', '?'))[:12] if isinstance(prev, dict) else '?'}… ≠ "
+                f"{key['fingerprint'][:12]}…); use another output (e.g. --run-id) or delete it")
+    else:
+        store.write_json(JOB_FILE, key)
+
+
+def _remove_orphans(store: Store, expected: set[str]) -> int:
+    """Delete files no committed shard lists (a crashed attempt's leftovers) under images/ and data/."""
+    stale = []
+    for rel in store.list():
+        top = rel.split("/", 1)[0]
+        if top in ("images", "data") and rel not in expected:
+            stale.append(rel)
+    store.delete(stale)
+    return len(stale)
+
+
+def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
+                 address: str | None = None, progress: bool = True, log=print) -> GenerateResult:
+    """Generate every item of ``job.generate`` into its output URI, resuming committed shards."""
+    from pipeline.runtime import ensure_ray
+
+    gen = job.generate
+    if gen is None:
+        raise PipelineError(f"job '{job.name}' has no generate stage")
+    t0 = time.monotonic()
+    date = date or today()
+    output = render_output(job, date, run_id)
+    store = Store(output, job.storage)
+
+    # 1. model and prompts, checked in the driver before any Ray work
+    model_uri = model_uri_for(job)
+    pkg = load_package(model_uri, job.storage)
+    cfg_model = pkg.config
+    num_classes = cfg_model.num_classes if cfg_model.conditional else None
+    if gen.prompts is not None and not cfg_model.conditional:
+        raise PipelineError(f"generate.prompts: the model at {model_uri} takes no conditioning; prompts need a conditional model")
+    prompts = None
+    if gen.prompts is not None:
+        prompts = load_prompts(gen.prompts, job.storage, num_classes=num_classes,
+                               prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist))
+    key = run_key(job, pkg.model_sha256, date)
+
+    # 2. idempotence: a published run is a no-op; a different job in the same place is refused
+    if is_published(store):
+        manifest = store.read_json("manifest.json")
+        if manifest.get("run", {}).get("fingerprint") == key["fingerprint"]:
+            c = manifest["counts"]
+            log(f"generate: {output} is already complete ({c['items']:,} items); nothing to do")
+            return GenerateResult(output, c["items"], c["shards"], c["shards"], c.get("rejected", 0), c["bytes"],
+                                  time.monotonic() - t0, skipped=True)
+    _check_same_job(store, key)
+
+    # 3. shards still to do
+    shards = plan_shards(job, prompts, num_classes)
+    if not shards:
+        raise PipelineError("generate: no items to generate (every prompt was rejected; see the reasons above)")
+    done = committed_shards(store)
+    todo = [s for s in shards if s.shard_id not in done]
+    total_items = sum(s.items for s in shards)
+    if done:
+        log(f"generate: resuming {output}: {len(shards) - len(todo)}/{len(shards)} shards already committed")
+    bar = Progress(sum(s.items for s in todo), enabled=progress)
+    if todo:
+        _run_shards(job, todo, pkg.model_sha256, model_uri, output, date, address, bar)
+
+    # 4. publish: every planned shard committed → orphans out → manifest → _SUCCESS
+    done = committed_shards(store)
+    missing = [s.shard_id for s in shards if s.shard_id not in done]
+    if missing:
+        raise PipelineError(f"generate: shards {', '.join(missing[:5])} did not commit; rerun to resume")
+    planned = {s.shard_id for s in shards}
+    expected = {f for sid in planned for f in done[sid]["index"]["files"]}
+    _remove_orphans(store, expected)
+    rejected = prompts.rejected if prompts else []
+    files = {JOB_FILE: json_bytes(key)}
+    if gen.prompts is not None:
+        files[REJECTED] = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejected).encode()
+    shard_recs = {}
+    for sid in sorted(planned):
+        idx = done[sid]["index"]
+        shard_recs[sid] = {"index_sha256": done[sid]["index_sha256"], "items": idx["items"],
+                           "files": len(idx["files"]), "bytes": sum(f["size"] for f in idx["files"].values())}
+    counts = {
+        "items": sum(r["items"] for r in shard_recs.values()),
+        "seed_items": gen.seeds.count if gen.seeds else 0,
+        "prompt_items": sum(p.n for p in prompts.prompts) if prompts else 0,
+        "prompts": len(prompts.prompts) if prompts else 0,
+        "rejected": len(rejected),
+        "shards": len(shard_recs),
+        "files": sum(r["files"] for r in shard_recs.values()),
+        "bytes": sum(r["bytes"] for r in shard_recs.values()),
+    }
+    if counts["items"] != total_items:
+        raise PipelineError(f"generate: committed {counts['items']} items but planned {total_items}; rerun to repair")
+    publish(store, kind="generate", job=job.name, spec=job.masked(), counts=counts, shards=shard_recs, files=files,
+            extra={"run": key, "model_uri": model_uri, "model_sha256": pkg.model_sha256,
+                   "encoder": {"png": "aigc-png/1", "parquet_schema": SCHEMA.to_string()}})
+    seconds = time.monotonic() - t0
+    return GenerateResult(output, counts["items"], len(shards), len(shards) - len(todo), len(rejected),
+                          counts["bytes"], seconds)
+
+
+def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_uri: str, output: str,
+                date: str, address: str | None, bar: Progress) -> None:
+    import ray
+
+    from pipeline.runtime import ensure_ray
+
+    gen = job.generate
+    assert gen is not None
+    ensure_ray(address)
+    scaling = gen.scaling
+    cfg = ShardConfig(model_uri=model_uri, model_sha256=model_sha256, output=output, storage=job.storage,
+                      job=job.name, job_seed=gen.seed, date=date, formats=list(gen.formats),
+                      batch_size=scaling.batch_size, threads=max(1, round(scaling.num_cpus)),
+                      device="cuda" if scaling.num_gpus > 0 else "cpu")
+    # One block per shard, so Ray hands each actor call exactly one whole shard.
+    ds = ray.data.from_items([s.row() for s in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        ShardGenerator,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(scaling.num_actors, len(todo))),
+        # fractional CPUs leave room for Ray Data's own tasks (a full pool can starve them: DESIGN §4)
+        num_cpus=scaling.num_cpus,
+        num_gpus=scaling.num_gpus or None,
+        batch_format="numpy",
+        # Workers of an embedded Ray started before credentials were set would not see them.
+        runtime_env={"env_vars": forwarded_env(job)},
+    )
+    try:
+        for row in ds.iter_rows():
+            bar.update(int(row["items"]))
+    except (StorageError, PackageError, PipelineError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the cause in one line
+        raise PipelineError(f"generate: {worker_error(exc)}; committed shards are kept, rerun to resume") from None
+
+
+def worker_error(exc: BaseException) -> str:
+    """One line for an exception raised inside a Ray worker (unwrapping Ray's wrappers)."""
+    seen, stack, found = set(), [exc], []
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        found.append(e)
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    for e in found:
+        if isinstance(e, (StorageError, PackageError, PipelineError)):
+            return str(e)
+    real = [e for e in found if not type(e).__module__.startswith("ray")] or found
+    e = real[-1] if len(real) > 1 else real[0]
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(text[-1] if text else '')[:300]}"
+
+
+_FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def forwarded_env(job: JobSpec) -> dict[str, str]:
+    """Env vars the workers need to reach storage: the ones the spec names, plus standard cloud ones."""
+    creds = job.storage.credentials
+    names = {*_FORWARD_ENV, *job.env, *(n for n in (creds.access_key_env, creds.secret_key_env,
+                                                    creds.session_token_env, creds.token_file_env) if n)}
+    return {n: os.environ[n] for n in sorted(names) if n in os.environ}

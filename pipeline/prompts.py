@@ -1,0 +1,174 @@
+"""Prompt files → checked prompt records, from any URI.
+
+Formats: ``.txt`` (one prompt per line), ``.jsonl`` (``prompt``, optional ``n``, ``label``),
+``.csv`` (header with ``prompt``, optional ``n``, ``label``) and ``.parquet`` (same columns).
+Every record keeps its 1-based line (or row) number, which is also the stable prompt index that
+item ids derive from: a rejected line never shifts the ids of the others.
+
+A malformed record (not UTF-8, empty, too long, bad JSON, bad ``n``/``label``) is an error that
+names the file and line, unless ``on_error: skip``, which records it in ``rejected`` instead.
+Blocked prompts (see :mod:`pipeline.safety`) are always recorded, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+
+from pipeline.errors import PipelineError
+from pipeline.safety import PromptFilter
+from pipeline.specs import PromptsSpec, StorageSpec
+from pipeline.storage import StorageError, Store
+
+MAX_FILE_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class Prompt:
+    line: int  # 1-based line/row number in the file: the prompt's stable index
+    text: str
+    n: int
+    label: int | None
+
+
+@dataclass
+class PromptSet:
+    prompts: list[Prompt]
+    rejected: list[dict]  # {"line", "prompt", "reason"}
+
+
+def _read(uri: str, storage: StorageSpec | None) -> bytes:
+    parent, _, name = uri.rstrip("/").rpartition("/")
+    try:
+        store = Store(parent or ".", storage)
+        return store.read(name)
+    except StorageError as exc:
+        raise PipelineError(f"prompts file {exc}") from None
+
+
+def _records(uri: str, data: bytes) -> list[tuple[int, dict | bytes | str]]:
+    """(line, raw record) pairs; raw is bytes for text formats, dict for table formats."""
+    if uri.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+            raise PipelineError(f"{uri}: not a readable Parquet file ({type(exc).__name__})") from None
+        if "prompt" not in table.column_names:
+            raise PipelineError(f"{uri}: no 'prompt' column (columns: {', '.join(table.column_names)})")
+        return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    if uri.endswith(".csv"):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise PipelineError(f"{uri}:{line}: not valid UTF-8") from None
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+            if not reader.fieldnames or "prompt" not in reader.fieldnames:
+                raise PipelineError(f"{uri}:1: CSV header must have a 'prompt' column")
+            rows = []
+            for row in reader:
+                rows.append((reader.line_num, row))
+            return rows
+        except csv.Error as exc:
+            raise PipelineError(f"{uri}:{reader.line_num}: CSV error: {exc}") from None
+    return [(i + 1, raw.rstrip(b"\r")) for i, raw in enumerate(lines)]
+
+
+def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
+    """One record → Prompt, or ValueError with the reason."""
+    label = None
+    n = spec.samples_per_prompt
+    if isinstance(raw, bytes):
+        if b"\x00" in raw:
+            raise ValueError("contains a NUL byte")
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not valid UTF-8") from None
+        if uri.endswith(".jsonl"):
+            if not raw.strip():
+                raise ValueError("empty line")
+            try:
+                raw = json.loads(raw)
+            except ValueError as exc:
+                raise ValueError(f"invalid JSON ({exc.msg})") from None
+            if not isinstance(raw, dict):
+                raise ValueError("each line must be a JSON object with a 'prompt'")
+    if isinstance(raw, dict):
+        unknown = set(raw) - {"prompt", "n", "label"}
+        if unknown and not uri.endswith((".csv", ".parquet")):
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
+        text = raw.get("prompt")
+        if not isinstance(text, str):
+            raise ValueError("'prompt' must be a string")
+        if raw.get("n") not in (None, ""):
+            try:
+                n = int(raw["n"])
+            except (TypeError, ValueError):
+                raise ValueError("'n' must be a whole number") from None
+            if isinstance(raw["n"], bool) or n <= 0 or n > 100_000 or (isinstance(raw["n"], float) and raw["n"] != n):
+                raise ValueError("'n' must be a whole number from 1 to 100000")
+        if raw.get("label") not in (None, ""):
+            try:
+                label = int(raw["label"])
+            except (TypeError, ValueError):
+                raise ValueError("'label' must be a whole number") from None
+            if isinstance(raw["label"], bool) or (isinstance(raw["label"], float) and raw["label"] != label):
+                raise ValueError("'label' must be a whole number")
+    else:
+        text = raw
+    if "\x00" in text:
+        raise ValueError("contains a NUL character")
+    text = text.strip()
+    if not text:
+        raise ValueError("empty prompt")
+    if len(text) > spec.max_length:
+        raise ValueError(f"prompt is {len(text)} characters, over the limit of {spec.max_length}")
+    return Prompt(line=line, text=text, n=n, label=label)
+
+
+def load_prompts(spec: PromptsSpec, storage: StorageSpec | None, *, num_classes: int | None,
+                 prompt_filter: PromptFilter) -> PromptSet:
+    """Read, parse, check and filter a prompts file.
+
+    ``num_classes``: labels must lie in [0, num_classes) for a label-conditioned model; None means
+    the model takes no labels.
+    """
+    uri = spec.uri
+    data = _read(uri, storage)
+    if len(data) > MAX_FILE_BYTES:
+        raise PipelineError(f"{uri}: {len(data):,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for a prompts file")
+    prompts: list[Prompt] = []
+    rejected: list[dict] = []
+    for line, raw in _records(uri, data):
+        try:
+            p = _parse(uri, line, raw, spec)
+            if num_classes is not None:
+                if p.label is None:
+                    raise ValueError("needs a 'label': this model is conditioned on class labels "
+                                     "(use .jsonl/.csv/.parquet with a label column)")
+                if not 0 <= p.label < num_classes:
+                    raise ValueError(f"label {p.label} is outside 0..{num_classes - 1}")
+        except ValueError as exc:
+            shown = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+            if spec.on_error == "fail":
+                raise PipelineError(f"{uri}:{line}: {exc}") from None
+            rejected.append({"line": line, "prompt": str(shown)[:1000], "reason": str(exc)})
+            continue
+        reason = prompt_filter.check(p.text)
+        if reason:
+            rejected.append({"line": line, "prompt": p.text, "reason": reason})
+            continue
+        prompts.append(p)
+    if not prompts and not rejected:
+        raise PipelineError(f"{uri}: no prompts in the file")
+    return PromptSet(prompts=prompts, rejected=rejected)
