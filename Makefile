@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/aigc run jobs/demo.yaml
+	$(BIN)/aigc run jobs/demo.yaml --verify
 
 test: install
 	timeout -s TERM -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q

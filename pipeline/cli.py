@@ -101,6 +101,63 @@ def generate(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: Run
     typer.echo(f"output: {res.output}")
 
 
+@app.command()
+@handles_errors
+def run(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: RunIdOpt = None,
+        address: AddressOpt = None,
+        verify: Annotated[bool, typer.Option("--verify", help="Recheck every output checksum at the end.")] = False) -> None:
+    """Run every stage of a job in order (train → generate); stages already done for this spec are skipped."""
+    from pipeline.runner import run_job
+
+    spec = load(job, set_)
+    summary = run_job(spec, date=date, run_id=run_id, address=address, verify=verify,
+                      on_train_progress=lambda event: typer.echo(event.line(), err=True))
+    for line in summary.lines():
+        typer.echo(line)
+
+
+DashOpt = Annotated[Optional[str], typer.Option(help="Ray dashboard URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")]
+
+
+@app.command()
+@handles_errors
+def submit(job: JobArg, address: DashOpt = None, set_: SetOpt = None, date: DateOpt = None,
+           run_id: RunIdOpt = None,
+           working_dir: Annotated[Optional[str], typer.Option(help="Folder uploaded as the job's working_dir (default: current directory); must hold JOB.")] = None,
+           wait: Annotated[bool, typer.Option("--wait", help="Stream the logs and exit with the job's status.")] = False) -> None:
+    """Submit `aigc run JOB` to a Ray cluster through the Job Submission API (idempotent per date)."""
+    from pipeline import submit as sub
+
+    spec = load(job, set_)
+    s = sub.submit(spec, job, address=address, date=date, run_id=run_id, overrides=set_ or [], working_dir=working_dir)
+    verb = "submitted" if s.created else f"already submitted ({s.status})"
+    typer.echo(f"{verb}: {s.submission_id}")
+    if wait:
+        final = sub.wait(s.submission_id, address)
+        typer.echo(f"{s.submission_id}: {final}")
+        raise typer.Exit(sub.exit_code(final))
+
+
+@app.command()
+@handles_errors
+def status(submission_id: Annotated[str, typer.Argument(help="Submission id printed by `aigc submit`.")],
+           address: DashOpt = None) -> None:
+    """Print a submitted run's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED)."""
+    from pipeline import submit as sub
+
+    typer.echo(sub.status(submission_id, address))
+
+
+@app.command()
+@handles_errors
+def logs(submission_id: Annotated[str, typer.Argument(help="Submission id printed by `aigc submit`.")],
+         address: DashOpt = None) -> None:
+    """Print a submitted run's logs."""
+    from pipeline import submit as sub
+
+    typer.echo(sub.logs(submission_id, address), nl=False)
+
+
 def main() -> None:
     app(prog_name="aigc")
 

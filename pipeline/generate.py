@@ -304,11 +304,7 @@ def _check_same_job(store: Store, key: dict[str, Any]) -> None:
 
 def _remove_orphans(store: Store, expected: set[str]) -> int:
     """Delete files no committed shard lists (a crashed attempt's leftovers) under images/ and data/."""
-    stale = []
-    for rel in store.list():
-        top = rel.split("/", 1)[0]
-        if top in ("images", "data") and rel not in expected:
-            stale.append(rel)
+    stale = [rel for rel in store.list() if rel.split("/", 1)[0] in ("images", "data") and rel not in expected]
     store.delete(stale)
     return len(stale)
 
@@ -316,8 +312,6 @@ def _remove_orphans(store: Store, expected: set[str]) -> int:
 def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
                  address: str | None = None, progress: bool = True, log=print) -> GenerateResult:
     """Generate every item of ``job.generate`` into its output URI, resuming committed shards."""
-    from pipeline.runtime import ensure_ray
-
     gen = job.generate
     if gen is None:
         raise PipelineError(f"job '{job.name}' has no generate stage")
@@ -339,6 +333,17 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
                                prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist))
     key = run_key(job, pkg.model_sha256, date)
 
+    with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
+        return _generate_locked(job, store, output=output, date=date, address=address, progress=progress, log=log,
+                                model_uri=model_uri, model_sha256=pkg.model_sha256, num_classes=num_classes,
+                                prompts=prompts, key=key, t0=t0)
+
+
+def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, address: str | None, progress: bool,
+                     log, model_uri: str, model_sha256: str, num_classes: int | None, prompts: PromptSet | None,
+                     key: dict, t0: float) -> GenerateResult:
+    gen = job.generate
+    assert gen is not None
     # 2. idempotence: a published run is a no-op; a different job in the same place is refused
     if is_published(store):
         manifest = store.read_json("manifest.json")
@@ -360,7 +365,7 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
         log(f"generate: resuming {output}: {len(shards) - len(todo)}/{len(shards)} shards already committed")
     bar = Progress(sum(s.items for s in todo), enabled=progress)
     if todo:
-        _run_shards(job, todo, pkg.model_sha256, model_uri, output, date, address, bar)
+        _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar)
 
     # 4. publish: every planned shard committed → orphans out → manifest → _SUCCESS
     done = committed_shards(store)
@@ -392,7 +397,7 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
     if counts["items"] != total_items:
         raise PipelineError(f"generate: committed {counts['items']} items but planned {total_items}; rerun to repair")
     publish(store, kind="generate", job=job.name, spec=job.masked(), counts=counts, shards=shard_recs, files=files,
-            extra={"run": key, "model_uri": model_uri, "model_sha256": pkg.model_sha256,
+            extra={"run": key, "model_uri": model_uri, "model_sha256": model_sha256,
                    "encoder": {"png": "aigc-png/1", "parquet_schema": SCHEMA.to_string()}})
     seconds = time.monotonic() - t0
     return GenerateResult(output, counts["items"], len(shards), len(shards) - len(todo), len(rejected),

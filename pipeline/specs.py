@@ -552,3 +552,39 @@ def render_output(job: JobSpec, date: str | None = None, run_id: str | None = No
     run_id = check_run_id(run_id) if run_id else date
     values = {"root": job.storage.root.rstrip("/"), "name": job.name, "date": date, "run_id": run_id}
     return _TEMPLATE_RE.sub(lambda m: values[m.group(1)], job.generate.output).rstrip("/")
+
+
+# --------------------------------------------------------------------------------------------- reference
+def reference_markdown() -> str:
+    """The spec reference (docs/spec-reference.md), generated from the models' field descriptions."""
+    lines = ["# Job spec reference", "",
+             "Generated from `pipeline/specs.py` by `python -m pipeline.specs > docs/spec-reference.md`; "
+             "a test keeps it in sync. Every model is strict: an unknown key is an error.", ""]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows, nested = [], []
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            path = f"{prefix}{name}"
+            if f.is_required():
+                default = "required"
+            elif f.default_factory is not None:
+                default = "see below" if sub else f"`{f.default_factory()}`"
+            else:
+                default = f"`{f.default}`"
+            typ = "section" if sub else str(ann).replace("typing.", "").replace("pydantic.types.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+            rows.append(f"| `{path}` | {typ} | {default} | {f.description or ''} |")
+            if sub:
+                nested.append((sub, path + "."))
+        lines.extend([f"## `{prefix.rstrip('.') or '(top level)'}`", "", model.__doc__.strip().splitlines()[0] if model.__doc__ else "", "",
+                      "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for sub, p in nested:
+            walk(sub, p)
+
+    walk(JobSpec, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -249,46 +249,34 @@ def test_s3_output_verifies(ray_session, package, prompts_file, s3_storage):
     assert len(names) == 127 and "images/p000000/p000000001-00000.png" in names
 
 
-def _kill_when(predicate, action, timeout=120):
-    def loop():
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if predicate():
-                action()
-                return
-            time.sleep(0.05)
-
-    t = threading.Thread(target=loop, daemon=True)
-    t.start()
-    return t
-
-
 def test_sigkill_generation_actor_mid_run(ray_session, slow_package, tmp_path):
+    import ray
     from ray.util.state import list_actors
 
-    killed = []
+    gcs = ray.get_runtime_context().gcs_address  # other Ray clusters may run on this machine
+    killed: list[int] = []
+    shards = tmp_path / "t" / DATE / "_shards"
 
-    def actor_pid():
-        actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-                  if "ShardGenerator" in (a.class_name or "")]
-        return actors[0].pid if actors else None
+    def watch():
+        pid, deadline = None, time.time() + 120
+        while time.time() < deadline and not killed:
+            if pid is None:  # find the actor first (the state API can be slow on a busy machine)
+                alive = [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], limit=1000)
+                         if "ShardGenerator" in (a.class_name or "")]
+                pid = alive[0].pid if alive else None
+            elif len(list(shards.glob("*.json"))) >= 2:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.02)
 
-    def committed():
-        return len(list((tmp_path / "t" / DATE / "_shards").glob("*.json"))) >= 2 if not killed else False
-
-    def kill():
-        pid = actor_pid()
-        if pid:
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-
-    watcher = _kill_when(committed, kill)
-    res = run_generate(job(tmp_path, slow_package, count=6000, shard_size=250, batch=250), date=DATE, progress=False)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    res = run_generate(job(tmp_path, slow_package, count=8000, shard_size=250, batch=250), date=DATE, progress=False)
     watcher.join(1)
     assert killed, "the run finished before an actor could be killed"
-    assert res.items == 6000
+    assert res.items == 8000
     assert verify(res.output).ok
-    clean = run_generate(job(tmp_path / "clean", slow_package, count=6000, shard_size=250, batch=250), date=DATE,
+    clean = run_generate(job(tmp_path / "clean", slow_package, count=8000, shard_size=250, batch=250), date=DATE,
                          progress=False)
     assert files_of(res.output) == files_of(clean.output)
 
@@ -336,3 +324,33 @@ generate:
     clean = run_generate(job(tmp_path / "clean", slow_package, count=6000, shard_size=250, batch=250), date=DATE,
                          progress=False)
     assert files_of(res.output) == files_of(clean.output)
+
+
+def test_two_runs_for_the_same_date_at_once(ray_session, slow_package, tmp_path):
+    """Both finish cleanly; the second waits for the first's lock; the result equals a clean run."""
+    import ray
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"""
+name: t
+storage: {{root: {tmp_path}}}
+generate:
+  model: {slow_package}
+  seed: 7
+  seeds: {{count: 3000}}
+  shard_size: 250
+  output: "{{root}}/{{name}}/{{date}}"
+  scaling: {{num_actors: 1, num_cpus: 0.5, batch_size: 250}}
+  safety: {{blocklist: [gory, ass]}}
+""")
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    cmd = [sys.executable, "-m", "pipeline", "generate", str(spec), "--date", DATE]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert any("already complete" in o for o in outs), outs
+    out = tmp_path / "t" / DATE
+    assert verify(str(out)).ok
+    clean = run_generate(job(tmp_path / "clean", slow_package, count=3000, shard_size=250, batch=250), date=DATE,
+                         progress=False)
+    assert files_of(str(out)) == files_of(clean.output)
