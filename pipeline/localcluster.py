@@ -37,7 +37,9 @@ def start(port: int, dashboard_port: int, temp_dir: str, num_cpus: int | None = 
            f"--dashboard-agent-listen-port={port + 2}", f"--metrics-export-port={port + 3}"]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    subprocess.run(cmd, check=True, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    r = subprocess.run(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"ray start failed (exit {r.returncode}): {r.stdout.strip()[-1500:]}")
     url = f"http://127.0.0.1:{dashboard_port}"
     deadline = time.time() + timeout_s
     while time.time() < deadline:

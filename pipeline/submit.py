@@ -106,10 +106,11 @@ def runtime_env(job: JobSpec, working_dir: Path) -> dict:
     return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
 
 
-def entrypoint(job_path: str, date: str, run_id: str | None, overrides: list[str]) -> str:
+def entrypoint(job_path: str, date: str | None = None, run_id: str | None = None, overrides: list[str] = ()) -> str:
+    """The command a cluster runs; without ``date`` the run date is the day it starts (RayCronJob)."""
     import shlex
 
-    parts = ["python", "-m", "pipeline", "run", job_path, "--date", date, "--verify"]
+    parts = ["python", "-m", "pipeline", "run", job_path, "--verify"] + (["--date", date] if date else [])
     if run_id:
         parts += ["--run-id", run_id]
     for o in overrides:

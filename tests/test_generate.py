@@ -23,9 +23,8 @@ from pipeline.cli import app
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA
 from pipeline.errors import PipelineError
 from pipeline.generate import item_seed, run_generate
-from pipeline.models import build_generator
-from pipeline.package import export_package
-from pipeline.specs import ModelSpec, validate_job
+from helpers import make_package
+from pipeline.specs import validate_job
 from pipeline.storage import Store, verify
 
 DATE = "2026-11-28"
@@ -35,18 +34,6 @@ PROMPTS = """{"prompt": "a handwritten zero", "label": 0, "n": 3}
 {"prompt": "a gory four", "label": 4}
 {"prompt": "nine", "label": 9, "n": 2}
 """
-
-
-def make_package(path: Path, *, width: int = 8, conditional: bool = True) -> str:
-    cfg = ModelSpec(image_size=32, channels=1, z_dim=16, g_width=width, d_width=8, conditional=conditional)
-    torch.manual_seed(1)
-    g = build_generator(cfg)
-    # give BN non-trivial running stats so images are not flat
-    for m in g.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_var.uniform_(0.2, 0.5)
-    export_package(str(path), g, cfg, {"note": "test package, untrained"})
-    return str(path)
 
 
 @pytest.fixture(scope="module")
