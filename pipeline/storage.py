@@ -71,7 +71,8 @@ def _describe(exc: BaseException, uri: str, endpoint: str | None) -> str:
     where = f" at {endpoint}" if endpoint else ""
     if any(k in low for k in ("could not connect", "connection refused", "cannot connect", "connect timeout",
                               "endpointconnectionerror", "name or service not known", "connectionerror",
-                              "clientconnectorerror", "max retries exceeded", "server disconnected")):
+                              "clientconnectorerror", "max retries exceeded", "server disconnected",
+                              "connection reset", "connection aborted", "broken pipe", "connectionclosederror")):
         return f"{uri}: cannot reach the storage endpoint{where} ({type(exc).__name__})"
     if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
         return f"{uri}: bucket does not exist"
