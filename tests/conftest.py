@@ -20,10 +20,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from helpers import S3_KEY, S3_SECRET, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-S3_KEY, S3_SECRET = "testing-key-id", "testing-secret-key-do-not-leak"
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,9 @@ from pipeline.package import export_package
 from pipeline.specs import ModelSpec
 
 
+S3_KEY, S3_SECRET = "testing-key-id", "testing-secret-key-do-not-leak"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
