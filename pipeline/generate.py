@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -441,23 +442,36 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
         raise PipelineError(f"generate: {worker_error(exc)}; committed shards are kept, rerun to resume") from None
 
 
+_OUR_ERROR = re.compile(r"^pipeline\.[\w.]+\.(?:StorageError|PipelineError|PackageError|GateFailed): (.+)$", re.M)
+_ANY_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.M)
+
+
 def worker_error(exc: BaseException) -> str:
-    """One line for an exception raised inside a Ray worker (unwrapping Ray's wrappers)."""
-    seen, stack, found = set(), [exc], []
+    """One line for an exception raised inside a Ray worker.
+
+    Ray Data re-raises a UDF's exception as a UserCodeException whose text carries the worker's
+    traceback; the original exception object does not survive, so its last line is read from there.
+    """
+    seen, stack, texts = set(), [exc], []
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        found.append(e)
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    for e in found:
         if isinstance(e, (StorageError, PackageError, PipelineError)):
             return str(e)
-    real = [e for e in found if not type(e).__module__.startswith("ray")] or found
-    e = real[-1] if len(real) > 1 else real[0]
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {(text[-1] if text else '')[:300]}"
+        texts.append(str(e))
+        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    text = "\n".join(texts)
+    ours = _OUR_ERROR.findall(text)
+    if ours:
+        return ours[-1].strip()
+    other = [(k, m) for k, m in _ANY_ERROR.findall(text) if not k.startswith("ray.")]
+    if other:
+        k, m = other[-1]
+        return f"{k.rsplit('.', 1)[-1]}: {m.strip()[:300]}"
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first[:300]}"
 
 
 _FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",

@@ -42,6 +42,10 @@ class StorageError(Exception):
     """A storage problem, already phrased for the user in one line."""
 
 
+class NotFound(StorageError):
+    """The object does not exist (its bucket does)."""
+
+
 def json_bytes(obj: Any) -> bytes:
     """The one JSON encoding used for every control file (stable, so equal objects give equal bytes)."""
     return json.dumps(obj, indent=1, sort_keys=True).encode()
@@ -199,7 +203,8 @@ class Store:
         except StorageError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise StorageError(_describe(exc, self.url(rel), self.spec.endpoint)) from None
+            msg = _describe(exc, self.url(rel), self.spec.endpoint)
+            raise (NotFound if msg.endswith(": not found") else StorageError)(msg) from None
 
     @contextlib.contextmanager
     def lock(self, on_wait=None) -> Iterator[None]:
@@ -230,6 +235,7 @@ class Store:
     # -- reads
     def exists(self, rel: str) -> bool:
         with self.errors(rel):
+            self.fs.invalidate_cache(self.path(rel))  # other processes write here: never trust a cached listing
             return self.fs.exists(self.path(rel))
 
     def read(self, rel: str) -> bytes:
@@ -247,6 +253,7 @@ class Store:
         """All files under ``rel``, recursively, as paths relative to the store root."""
         base = self.path(rel) if rel else self.root
         with self.errors(rel):
+            self.fs.invalidate_cache(base)  # Ray workers write here: a cached listing would miss their files
             if not self.fs.exists(base):
                 # An empty listing of a missing bucket would read as "nothing written yet".
                 bucket = self.root.split("/")[0]
@@ -357,11 +364,13 @@ def committed_shards(store: Store) -> dict[str, dict]:
     for rel in store.list(SHARDS_DIR):
         if not rel.endswith(".json") or ".tmp-" in rel:
             continue
-        data = store.read(rel)
         try:
+            data = store.read(rel)
             index = json.loads(data)
-        except ValueError:
-            continue  # cannot happen with atomic writes; a torn index is treated as uncommitted
+        except (NotFound, ValueError):
+            # Listed but unreadable or torn: a PUT the store had not finished when the writer died.
+            # It is not a commit; the shard is redone.
+            continue
         out[index["shard"]] = {"index": index, "index_sha256": sha256(data)}
     return out
 

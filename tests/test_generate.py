@@ -23,7 +23,7 @@ from pipeline.cli import app
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA
 from pipeline.errors import PipelineError
 from pipeline.generate import item_seed, run_generate
-from helpers import make_package
+from helpers import files_of, make_package
 from pipeline.specs import validate_job
 from pipeline.storage import Store, verify
 
@@ -69,16 +69,6 @@ def job(root, model, *, count=300, prompts=None, shard_size=100, actors=2, batch
     if prompts:
         spec["generate"]["prompts"] = {"uri": prompts, "samples_per_prompt": 1}
     return validate_job(spec, "test")
-
-
-def files_of(out: str) -> dict[str, str]:
-    """Every file the manifest lists (via shard indexes) → sha256."""
-    store = Store(out)
-    manifest = store.read_json("manifest.json")
-    files = {k: v["sha256"] for k, v in manifest["files"].items()}
-    for rec in manifest["shards"].values():
-        files.update({k: v["sha256"] for k, v in store.read_json(rec["index"])["files"].items()})
-    return files
 
 
 def test_generate_local_end_to_end(ray_session, package, prompts_file, tmp_path):

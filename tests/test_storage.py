@@ -24,7 +24,8 @@ import fsspec
 import pytest
 from typer.testing import CliRunner
 
-from conftest import S3_KEY, S3_SECRET, MotoServer, free_port
+from conftest import MotoServer
+from helpers import S3_KEY, S3_SECRET, CutProxy, free_port
 from pipeline.cli import app
 from pipeline.specs import Credentials, StorageSpec
 from pipeline.storage import (
@@ -418,70 +419,6 @@ def test_server_stopped_mid_write(s3_storage, moto_server):
     assert _list_keys(moto_server.endpoint, bucket, "run/") == []
     assert not is_published(Store(s3_storage.root, s3_storage))
     assert not verify(s3_storage.root, s3_storage).ok
-
-
-class CutProxy:
-    """A TCP proxy on 127.0.0.1 in front of the moto server whose link can be cut and restored.
-
-    Cutting it looks to the client exactly like a server that died (connections reset, then refused),
-    while moto keeps its state, so the test can look at what a crash mid-write left behind.
-    """
-
-    def __init__(self, target_port: int):
-        self.target = target_port
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.conns: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.listener: socket.socket | None = None
-
-    def start(self) -> None:
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", self.port))
-        self.listener.listen(64)
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.conns += [client, upstream]
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-
-    def _pump(self, a: socket.socket, b: socket.socket) -> None:
-        try:
-            while True:
-                ready, _, _ = select.select([a, b], [], [], 1.0)
-                for s in ready:
-                    data = s.recv(65536)
-                    if not data:
-                        raise OSError("closed")
-                    (b if s is a else a).sendall(data)
-        except (OSError, ValueError):
-            for s in (a, b):
-                try:
-                    s.close()
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        if self.listener:
-            self.listener.close()
-            self.listener = None
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for s in conns:
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
 
 
 def test_crash_mid_write_leaves_nothing_committed_and_rerun_publishes(s3_storage, moto_server):
