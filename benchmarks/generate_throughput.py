@@ -21,33 +21,20 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
-import numpy as np
 import torch
 
+from common import MODEL, RssSampler, job_spec
 from pipeline.encode import SCHEMA, encode_png, logical_time, parquet_bytes, provenance
 from pipeline.generate import item_seed, run_generate, seed_item_id
 from pipeline.models import build_generator
 from pipeline.package import export_package, load_package
-from pipeline.specs import ModelSpec, validate_job
 from pipeline.storage import sha256
 
-MODEL = ModelSpec(image_size=32, channels=1, z_dim=100, g_width=64, d_width=64)
-
-
-def job_spec(root: str, model_uri: str, n: int, name: str, storage: dict | None = None) -> object:
-    return validate_job({
-        "name": name,
-        "storage": {"root": root, **(storage or {})},
-        "generate": {"model": model_uri, "seeds": {"start": 0, "count": n}, "shard_size": 1000,
-                     "output": "{root}/{name}", "formats": ["png", "parquet"],
-                     "scaling": {"num_actors": 2, "num_cpus": 0.5, "batch_size": 256}},
-    }, "benchmark")
 
 
 def plain_loop(model_uri: str, out: Path, n: int, batch: int = 256) -> float:
@@ -80,48 +67,6 @@ def plain_loop(model_uri: str, out: Path, n: int, batch: int = 256) -> float:
         (out / "data").mkdir(exist_ok=True)
         (out / "data" / f"part-{shard:06d}.parquet").write_bytes(parquet_bytes(cols))
     return time.perf_counter() - t0
-
-
-class RssSampler:
-    """Peak total RSS of this process and every Ray worker/actor process on the machine's session."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self.stop = threading.Event()
-        self.t = threading.Thread(target=self.run, daemon=True)
-
-    @staticmethod
-    def rss(pid: str) -> int:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
-
-    def total(self) -> int:
-        total = self.rss(str(os.getpid()))
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ")
-                if cmd.startswith(b"ray::") or b"default_worker.py" in cmd:
-                    total += self.rss(pid)
-            except OSError:
-                pass
-        return total
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, self.total())
-            time.sleep(0.25)
-
-    def __enter__(self):
-        self.t.start()
-        return self
-
-    def __exit__(self, *a):
-        self.stop.set()
-        self.t.join()
 
 
 def free_port() -> int:
@@ -157,6 +102,7 @@ def main() -> None:
     base_s = plain_loop(model_uri, tmp / "plain", n)
     t = time.perf_counter()
     res = run_generate(job_spec(str(tmp / "pipe"), model_uri, n, "pipe"), date="2026-01-01", progress=False, log=lambda *a: None)
+    assert res.items == n
     pipe_s = time.perf_counter() - t
     print(f"(a) N={n:,}  plain loop {n / base_s:,.0f} img/s ({base_s:.1f}s)  |  pipeline {n / pipe_s:,.0f} img/s "
           f"({pipe_s:.1f}s, incl. publish)  |  ratio {base_s / pipe_s:.2f}x  (target >= 1.0x)")
@@ -180,7 +126,8 @@ def main() -> None:
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
         m = args.s3_n
-        pngs = [p.read_bytes() for p in sorted((tmp / "pipe" / "images").rglob("*.png"))[:m]]
+        pngs = [p.read_bytes() for p in sorted((Path(res.output) / "images").rglob("*.png"))[:m]]
+        assert len(pngs) == m
         t = time.perf_counter()
         for i, data in enumerate(pngs):
             s3.put_object(Bucket="bench", Key=f"serial/{i:08d}.png", Body=data)
