@@ -81,7 +81,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     ensure_ray(num_cpus=os.cpu_count())
-    print(f"ray start-up: {time.perf_counter() - t0:.1f}s (not in any figure below); {os.cpu_count()} CPUs")
+    print(f"ray start-up: {time.perf_counter() - t0:.1f}s (not in any figure below); {os.cpu_count()} CPUs; "
+          f"load average {os.getloadavg()[0]:.1f}")
     plain1 = plain_loop(1, args.epochs)
     plain2 = plain_loop(2, args.epochs)
     print(f"plain loop, 1 thread : {plain1:8,.0f} images/s  (baseline)")
@@ -91,6 +92,7 @@ def main() -> None:
         print(f"ray train, {workers} worker{'s' if workers > 1 else ' '}: {steady:8,.0f} images/s steady "
               f"({steady / plain1:.2f}x plain-1t, {steady / plain2:.2f}x plain-2t); "
               f"{e2e:,.0f} images/s end to end ({args.epochs} epochs in {wall:.0f}s)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (figures are only comparable on an otherwise idle machine)")
 
 
 if __name__ == "__main__":

@@ -158,6 +158,91 @@ def logs(submission_id: Annotated[str, typer.Argument(help="Submission id printe
     typer.echo(sub.logs(submission_id, address), nl=False)
 
 
+@app.command()
+@handles_errors
+def train(job: JobArg, set_: SetOpt = None) -> None:
+    """Train the job's GAN with Ray Train (resuming from its last checkpoint); export a model package."""
+    from pipeline.train import train as train_job
+
+    spec = load(job, set_)
+    result = train_job(spec, on_progress=lambda p: typer.echo(p.line()))
+    if result.skipped:
+        typer.echo(f"already trained from this spec: {result.package_uri}")
+        return
+    last = result.history[-1] if result.history else {}
+    ran = f"epochs {result.epochs_run[0] + 1}-{result.epochs_run[-1] + 1}" if result.epochs_run else "no epochs"
+    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps, "
+               f"{result.data.get('count', 0):,} images, loss_D {last.get('loss_D', float('nan')):.3f}, "
+               f"loss_G {last.get('loss_G', float('nan')):.3f})")
+    typer.echo(f"checkpoints: {result.run_uri}")
+    typer.echo(f"model package: {result.package_uri}  (sha256 {result.model_sha256[:12]})")
+
+
+EndpointOpt = Annotated[Optional[str], typer.Option(help="S3 endpoint URL for S3-compatible stores.")]
+JobOpt = Annotated[Optional[str], typer.Option("--job", help="Job spec whose storage settings (and evaluate stage) to use.")]
+
+
+def _job_or_bare(job: str | None, set_: list[str] | None, root: str, endpoint: str | None) -> specs.JobSpec:
+    """The --job spec, or a minimal one (storage at ``root``, default evaluate stage) that --set can still change."""
+    if job:
+        return load(job, set_)
+    bare = {"name": "aigc", "storage": {"root": root, **({"endpoint": endpoint} if endpoint else {})}, "evaluate": {}}
+    return specs.validate_job(specs.apply_overrides(bare, set_ or []), "--set")
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    model_uri: Annotated[str, typer.Argument(help="Model package URI (local path, s3://, gs://, memory://).")],
+    job: JobOpt = None,
+    samples: Annotated[Optional[int], typer.Option(help="Generated samples N, and held-out real images for the floor (default: evaluate.samples).")] = None,
+    set_: SetOpt = None,
+    endpoint: EndpointOpt = None,
+    address: AddressOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Measure a model: FLD, classifier score, precision/recall, memorization, each beside the real-vs-real floor.
+
+    The result is stored in <MODEL_URI>.eval/n<N>.json and reused by a rerun. Exit 3 when a threshold in
+    evaluate.gate (from --job or --set) fails.
+    """
+    from pipeline.evaluate import enforce_gate, run_evaluate
+
+    spec = _job_or_bare(job, set_, model_uri, endpoint)
+    result = run_evaluate(spec, model_uri=model_uri, samples=samples, address=address,
+                          log=lambda line: typer.echo(line, err=True))
+    gate = spec.evaluate.gate if spec.evaluate else specs.GateSpec()
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=1))
+    else:
+        for line in result.lines(gate):
+            typer.echo(line)
+        typer.echo(f"result: {result.uri}" + ("  (reused: same package, N and settings)" if result.skipped else ""))
+    enforce_gate(result, gate)
+
+
+@app.command()
+@handles_errors
+def report(
+    uri: Annotated[str, typer.Argument(help="A generated output (with its gallery) or a model package.")],
+    out: Annotated[Optional[str], typer.Option(help="Folder for index.html and its files (default: <URI>.report, beside URI).")] = None,
+    job: JobOpt = None,
+    page_size: Annotated[int, typer.Option(help="Assets per gallery page.")] = 100,
+    max_items: Annotated[int, typer.Option(help="Assets shown in the gallery at most (the first by item id).")] = 1000,
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Write a static HTML report: metrics beside the floor, training curves, sample grids per epoch, a paged gallery."""
+    from pipeline.report import build_report
+
+    spec = _job_or_bare(job, None, uri, endpoint)
+    gate = spec.evaluate.gate if job and spec.evaluate else None
+    res = build_report(uri, out, storage=spec.storage, page_size=page_size, max_items=max_items, gate=gate,
+                       log=lambda line: None)
+    typer.echo(f"report: {res.index}")
+    typer.echo(f"  {res.evals} evaluation(s), {res.grids} epoch grid(s), {res.assets:,} of {res.assets_total:,} "
+               f"assets on {res.pages} gallery page(s), {res.files} files")
+
+
 def main() -> None:
     app(prog_name="aigc")
 

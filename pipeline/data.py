@@ -28,15 +28,19 @@ print(load_data(DataSpec(), ModelSpec()).summary())"
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import logging
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
 from pipeline.errors import PipelineError
 from pipeline.specs import DataSpec, ModelSpec, StorageSpec, uri_scheme
 
@@ -57,13 +61,14 @@ class TrainData:
     image_size: int
     channels: int
     labelled: bool
+    num_labels: int = 0  # largest label + 1 (0 when unlabelled)
     classes: list[str] = field(default_factory=list)  # class names by label id, when known
 
     def summary(self) -> dict:
         """What model.json records about the data."""
         return {"source": self.source, "uri": self.uri, "count": self.count, "fingerprint": self.fingerprint,
                 "image_size": self.image_size, "channels": self.channels, "labelled": self.labelled,
-                "classes": self.classes}
+                "num_labels": self.num_labels, "classes": self.classes}
 
 
 # --------------------------------------------------------------------------------------------- pixels
@@ -154,8 +159,8 @@ def _digits_dataset(spec: DataSpec, model: ModelSpec):
     import ray.data
 
     raw, labels = _raw_digits(spec.limit)
-    ds = ray.data.from_numpy({"index": np.arange(len(raw)), "raw": raw, "label": labels})
-    ds = ds.repartition(max(1, -(-len(raw) // _BLOCK_ROWS)))
+    items = [{"index": i, "raw": r, "label": int(l)} for i, (r, l) in enumerate(zip(raw, labels))]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // _BLOCK_ROWS)))
     return ds.map_batches(_decode_digits, batch_format="numpy", batch_size=_BLOCK_ROWS,
                           fn_kwargs={"size": model.image_size, "channels": model.channels}), [str(i) for i in range(10)]
 
@@ -285,7 +290,7 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
     label_column = spec.label_column if spec.label_column and spec.label_column in schema.names else None
     columns = [spec.image_column] + ([label_column] if label_column else [])
     pa_fs = pyarrow_fs(fs)
-    ds = ray.data.read_parquet(files, filesystem=pa_fs, columns=columns, include_paths=True)
+    ds = ray.data.read_parquet(files, filesystem=pa_fs, include_paths=True).select_columns(columns + ["path"])
     if spec.limit:
         ds.context.execution_options.preserve_order = True  # "the first N rows" in file order
         ds = ds.limit(spec.limit)
@@ -297,22 +302,81 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
 
 
 # --------------------------------------------------------------------------------------------- entry
+_USER_ERROR_LINE = re.compile(r"^(?:pipeline\.[a-z_.]+\.)?(?:PipelineError|StorageError|PackageError): (.+)$", re.M)
+
+
 def _user_error(exc: BaseException) -> PipelineError | None:
-    """The PipelineError a Ray task raised, however Ray wrapped it (RayTaskError, UserCodeException)."""
-    seen = set()
-    stack = [exc]
+    """The user-facing error a Ray task raised, however Ray wrapped it, as one PipelineError line.
+
+    Ray Data wraps a UDF's exception in UserCodeException and drops the original object; only
+    the remote traceback text in RayTaskError keeps it, so that text is searched as well.
+    """
+    from pipeline.package import PackageError
+    from pipeline.storage import StorageError
+
+    seen, stack, texts = set(), [exc], []
     while stack:
         e = stack.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, PipelineError):
-            msg = str(e).strip().splitlines()
-            # RayTaskError(PipelineError) carries the remote traceback in str(); keep the last line.
-            line = next((m for m in reversed(msg) if m.strip()), "")
-            return PipelineError(line.split("PipelineError: ", 1)[-1].strip())
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+        if isinstance(e, (PipelineError, StorageError, PackageError)) and not type(e).__module__.startswith("ray"):
+            return PipelineError(str(e))
+        texts.append(str(e))
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "_base_exc", None)]
+    for text in texts:
+        found = _USER_ERROR_LINE.findall(text)
+        if found:
+            return PipelineError(found[-1].strip())
     return None
+
+
+def _last_line(exc: BaseException) -> str:
+    """The most specific line of a (possibly Ray-wrapped) exception: the innermost non-Ray one."""
+    seen, stack, found = set(), [exc], []
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        found.append(e)
+        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    text = "\n".join(str(e) for e in found)
+    raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, re.M)
+    real = [f"{name.rsplit('.', 1)[-1]}: {msg}" for name, msg in raised if not name.startswith("ray.")]
+    if real:
+        return real[-1][:300]
+    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
+
+
+@contextlib.contextmanager
+def _ray_errors(where: str):
+    """Errors while reading data become one line: a PipelineError from a Ray task comes out as
+    itself, anything else (an unreadable Parquet file, mixed schemas) as 'cannot read' naming ``where``."""
+    from pipeline.storage import StorageError
+
+    try:
+        yield
+    except (PipelineError, StorageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps errors raised in its tasks
+        err = _user_error(exc)
+        if err is None:
+            err = PipelineError(f"{where}: cannot read the training data ({_last_line(exc)})")
+        raise err from None
+
+
+@contextlib.contextmanager
+def _quiet_ray_data():
+    """Ray Data logs an INFO line per execution; keep them off the user's terminal while we read."""
+    log = logging.getLogger("ray.data")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = None) -> TrainData:
@@ -323,7 +387,7 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
     if spec.uri and uri_scheme(spec.uri) == "memory":
         raise PipelineError(f"train.data.uri: {spec.uri}: memory:// lives in one process; Ray workers cannot read it "
                             "(use a local path, s3:// or gs://)")
-    try:
+    with _quiet_ray_data(), _ray_errors(spec.uri or "digits"):
         if spec.source == "digits":
             ds, classes = _digits_dataset(spec, model)
         elif spec.source == "images":
@@ -331,26 +395,19 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
         else:
             ds, classes = _parquet_dataset(spec, model, storage)
         ds = ds.materialize()
+        where = spec.uri or "digits"
+        if ds.count() == 0:
+            raise PipelineError(f"{where}: the dataset is empty (no rows to train on)")
         index = ds.select_columns(["key", "sha", "label"]).take_all()
-    except PipelineError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - Ray wraps errors raised in its tasks
-        err = _user_error(exc)
-        if err is None:
-            raise
-        raise err from None
-    where = spec.uri or "digits"
-    if not index:
-        raise PipelineError(f"{where}: the dataset is empty (no rows to train on)")
     index.sort(key=lambda r: (r["key"], r["sha"]))
     h = hashlib.sha256(f"{spec.source}:{model.image_size}:{model.channels}\n".encode())
     for r in index:
         h.update(f"{r['key']}\t{r['sha']}\t{int(r['label'])}\n".encode())
     labelled = all(int(r["label"]) != NO_LABEL for r in index)
-    if classes and model.conditional and len(classes) > model.num_classes:
-        raise PipelineError(f"{where}: {len(classes)} class folders, but train.model.num_classes is {model.num_classes}")
+    num_labels = max(int(r["label"]) for r in index) + 1 if labelled else 0
     return TrainData(dataset=ds, count=len(index), fingerprint=h.hexdigest(), source=spec.source, uri=spec.uri,
-                     image_size=model.image_size, channels=model.channels, labelled=labelled, classes=classes)
+                     image_size=model.image_size, channels=model.channels, labelled=labelled, num_labels=num_labels,
+                     classes=classes)
 
 
 def read_all(batches: Any) -> tuple[torch.Tensor, torch.Tensor]:

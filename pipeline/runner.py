@@ -1,19 +1,28 @@
-"""`aigc run`: every stage of a job in order (train → generate), each skipped when its output
-for this exact spec already exists, with a summary of what happened.
+"""`aigc run`: every stage of a job in order (train → evaluate → generate), each skipped when its
+output for this exact spec already exists, with a summary of what happened.
 
     aigc run jobs/demo.yaml --date 2026-11-28
 
 Without ``--address`` and ``$RAY_ADDRESS`` it starts an embedded local Ray; with either it
 joins that cluster. Stages share the one Ray connection.
+
+The evaluate stage is the quality gate: when a threshold in ``evaluate.gate`` fails, the run
+stops with :class:`~pipeline.errors.GateFailed` (exit 3) before generate, so nothing of the
+night is written or published. Every run, succeeded or failed, leaves its record in
+``<storage.root>/runs/<job name>/<run id or date>.json``: status, the reason of a failure, each
+stage's outcome, and the evaluation's figures beside the real-vs-real floor.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 from pipeline.specs import JobSpec, check_date, check_run_id, today
+
+RUN_FORMAT = "aigc-run/1"
 
 
 @dataclass
@@ -39,41 +48,129 @@ class RunSummary:
         return out
 
 
+def run_record_uri(job: JobSpec, date: str, run_id: str | None = None) -> str:
+    """Where a run's record goes: ``<storage.root>/runs/<job name>/<run id or date>.json``."""
+    return f"{job.storage.root.rstrip('/')}/runs/{job.name}/{run_id or date}.json"
+
+
+@dataclass
+class RunRecord:
+    """What a run leaves behind for people and monitors, whether it succeeded or not."""
+
+    job: str
+    date: str
+    run_id: str | None
+    started_at: str
+    status: str = "running"  # "succeeded" | "failed" | "gate_failed" | "interrupted"
+    reason: str = ""
+    failed_stage: str = ""
+    finished_at: str = ""
+    seconds: float = 0.0
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        from pipeline.storage import package_versions
+
+        return {"format": RUN_FORMAT, **asdict(self), "versions": package_versions()}
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_record(job: JobSpec, record: RunRecord, uri: str, log: Callable[[str], None]) -> None:
+    """Write the run record; a storage problem here is reported, never allowed to hide the run's own outcome."""
+    from pipeline.storage import StorageError, Store
+
+    root, _, name = uri.rpartition("/")
+    try:
+        Store(root, job.storage).write_json(name, record.to_json())
+    except StorageError as exc:
+        log(f"warning: could not write the run record {uri}: {exc}")
+
+
 def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None, address: str | None = None,
             verify: bool = False, on_train_progress: Callable | None = None,
             log: Callable[[str], None] = print) -> RunSummary:
-    """Run the job's stages in order; the first failing stage raises. ``verify`` rechecks the outputs."""
-    from pipeline.runtime import ensure_ray
+    """Run the job's stages in order; the first failing stage raises. ``verify`` rechecks the outputs.
+
+    A failing quality gate raises :class:`~pipeline.errors.GateFailed` before generate runs. The run
+    record is written in every case.
+    """
+    from pipeline.errors import GateFailed
 
     date = check_date(date) if date else today()
     run_id = check_run_id(run_id) if run_id else None
     summary = RunSummary(job=job.name, date=date)
+    record = RunRecord(job=job.name, date=date, run_id=run_id, started_at=_now(), spec=job.masked())
+    record_uri = run_record_uri(job, date, run_id)
+    t0 = time.monotonic()
+    stage = ["setup"]  # the stage running now, for the record of a failure
+    try:
+        _run_stages(job, summary, record, stage, date=date, run_id=run_id, address=address, verify=verify,
+                    on_train_progress=on_train_progress, log=log)
+        record.status = "succeeded"
+    except BaseException as exc:
+        record.failed_stage = stage[0]
+        if isinstance(exc, KeyboardInterrupt):
+            record.status, record.reason = "interrupted", "interrupted (Ctrl-C or SIGINT)"
+        else:
+            record.status = "gate_failed" if isinstance(exc, GateFailed) else "failed"
+            text = str(exc).strip().splitlines()
+            record.reason = text[0] if text else type(exc).__name__
+        if stage[0] not in {s["stage"] for s in record.stages}:
+            record.stages.append({"stage": stage[0], "outcome": "failed", "seconds": 0.0, "outputs": [],
+                                  "detail": record.reason})
+        raise
+    finally:
+        record.finished_at, record.seconds = _now(), round(time.monotonic() - t0, 2)
+        _write_record(job, record, record_uri, log)
+    return summary
+
+
+def _add(summary: RunSummary, record: RunRecord, outcome: StageOutcome) -> None:
+    summary.stages.append(outcome)
+    record.stages.append(asdict(outcome))
+
+
+def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *, date: str,
+                run_id: str | None, address: str | None, verify: bool, on_train_progress: Callable | None,
+                log: Callable[[str], None]) -> None:
+    from pipeline.runtime import ensure_ray
+
     ensure_ray(address)
 
     if job.train is not None:
         from pipeline.train import train
 
+        stage[0] = "train"
         t0 = time.monotonic()
         res = train(job, on_progress=on_train_progress, address=address)
         if res.skipped:
             log(f"train: skipped, a model package for this exact train spec exists: {res.package_uri}")
-            summary.stages.append(StageOutcome("train", "skipped", time.monotonic() - t0, [res.package_uri],
+            _add(summary, record, StageOutcome("train", "skipped", time.monotonic() - t0, [res.package_uri],
                                                "package for this spec exists"))
         else:
             last = res.history[-1] if res.history else {}
             detail = f"{res.epochs} epochs" + (f", loss_G {last['loss_G']:.3f} loss_D {last['loss_D']:.3f}" if last else "")
-            summary.stages.append(StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri], detail))
+            _add(summary, record, StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri], detail))
+
+    if job.evaluate is not None:
+        _evaluate_stage(job, summary, record, stage, address=address, log=log)
 
     if job.generate is not None:
         from pipeline.generate import run_generate
 
+        stage[0] = "generate"
         t0 = time.monotonic()
         res = run_generate(job, date=date, run_id=run_id, address=address, log=log)
         if res.skipped:
-            summary.stages.append(StageOutcome("generate", "skipped", time.monotonic() - t0, [res.output],
+            _add(summary, record, StageOutcome("generate", "skipped", time.monotonic() - t0, [res.output],
                                                f"already complete ({res.items:,} items)"))
         else:
-            summary.stages.append(StageOutcome(
+            _add(summary, record, StageOutcome(
                 "generate", "done", time.monotonic() - t0, [res.output],
                 f"{res.items:,} items, {res.bytes:,} bytes, {res.items_per_s:,.0f} items/s"
                 + (f", {res.shards_skipped} shards resumed" if res.shards_skipped else "")
@@ -82,10 +179,39 @@ def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
             from pipeline.errors import PipelineError
             from pipeline.storage import verify as verify_uri
 
+            stage[0] = "verify"
             t0 = time.monotonic()
             report = verify_uri(res.output, job.storage)
-            summary.stages.append(StageOutcome("verify", "ok" if report.ok else "failed", time.monotonic() - t0,
+            _add(summary, record, StageOutcome("verify", "ok" if report.ok else "failed", time.monotonic() - t0,
                                                [res.output], f"{report.files_checked:,} files checked"))
             if not report.ok:
                 raise PipelineError(f"verify: {res.output}: " + "; ".join(report.lines()[:5]))
-    return summary
+
+
+def _evaluate_stage(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *,
+                    address: str | None, log: Callable[[str], None]) -> None:
+    """Evaluate the model and apply the gate: a failure raises GateFailed before anything is generated."""
+    from pipeline.errors import GateFailed
+    from pipeline.evaluate import gate_failures, run_evaluate
+
+    assert job.evaluate is not None
+    stage[0] = "evaluate"
+    t0 = time.monotonic()
+    res = run_evaluate(job, address=address, log=log)
+    gate = job.evaluate.gate
+    failures = gate_failures(res, gate)
+    record.evaluation = {"result": res.uri, "n": res.n, "model_uri": res.model_uri, "model_sha256": res.model_sha256,
+                         "extractor": res.extractor.get("kind"), "model": res.model.to_json(),
+                         "floor": res.floor.to_json(), "threshold": res.threshold,
+                         "gate": {**gate.model_dump(mode="json"), "passed": not failures, "failures": failures}}
+    outcome = "failed" if failures else ("skipped" if res.skipped else "done")
+    gate_txt = "gate FAILED" if failures else ("gate passed" if any(v is not None for v in gate.model_dump().values())
+                                               else "no gate thresholds")
+    _add(summary, record, StageOutcome("evaluate", outcome, time.monotonic() - t0, [res.uri or res.model_uri],
+                                       f"{res.summary()}; {gate_txt}"))
+    if failures:
+        for line in res.lines(gate):
+            log(line)
+        later = "generate did not run and nothing was published" if job.generate is not None else "nothing was published"
+        raise GateFailed(f"quality gate failed for {res.model_uri} at N={res.n:,}: " + "; ".join(failures)
+                         + f"; {later}")

@@ -229,6 +229,17 @@ class EvaluateSpec(Strict):
 
     samples: int = Field(1000, gt=0, le=10_000_000, description="Generated samples per metric (scores are biased by N).")
     gate: GateSpec = Field(default_factory=GateSpec, description="Publication thresholds.")
+    model: str | None = Field(None, description="Model package URI to evaluate; default: the train stage's package, else generate.model.")
+    data: DataSpec | None = Field(None, description="Real data to compare with; default: the data the model was trained on (train.data, else its model.json).")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the held-out split, the latents and the feature extractor.")
+    extractor: Literal["auto", "classifier", "autoencoder"] = Field("auto", description="Feature extractor: a classifier on labelled data, an autoencoder on unlabelled (auto picks).")
+    k: int = Field(3, ge=1, le=100, description="Neighbourhood size of the k-NN manifolds for precision and recall.")
+    memorization_quantile: float = Field(0.01, gt=0, lt=1, description="Copy threshold: this quantile of real images' nearest-neighbour pixel distances to the other training images.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v)
 
 
 # --------------------------------------------------------------------------------------------- generate
