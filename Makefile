@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 # Hard outer limit for the suite, so a hung Ray fails CI fast instead of eating its budget.
-TEST_TIMEOUT ?= 1500
+TEST_TIMEOUT ?= 2700
 
 .PHONY: install demo test test-slow bench clean
 
