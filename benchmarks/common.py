@@ -23,7 +23,8 @@ def job_spec(root: str, model_uri: str, n: int, name: str, storage: dict | None 
 
 
 class RssSampler:
-    """Peak total RSS of this process and every Ray worker/actor process on the machine's session."""
+    """Peak total RSS of this process and all its descendants: the embedded Ray (GCS, raylet,
+    dashboard) and every worker and actor it started. Other Ray clusters on the machine don't count."""
 
     def __init__(self) -> None:
         self.peak = 0
@@ -31,23 +32,27 @@ class RssSampler:
         self.t = threading.Thread(target=self.run, daemon=True)
 
     @staticmethod
-    def rss(pid: str) -> int:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+    def _stat(pid: str) -> tuple[int, int]:
+        """(ppid, rss bytes) of a process."""
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
     def total(self) -> int:
-        total = self.rss(str(os.getpid()))
+        procs = {}
         for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmd = f.read().replace(b"\0", b" ")
-                if cmd.startswith(b"ray::") or b"default_worker.py" in cmd:
-                    total += self.rss(pid)
-            except OSError:
+                procs[int(pid)] = self._stat(pid)
+            except (OSError, IndexError, ValueError):
                 pass
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in procs.items():
+            children.setdefault(ppid, []).append(pid)
+        total, stack = 0, [os.getpid()]
+        while stack:
+            pid = stack.pop()
+            total += procs.get(pid, (0, 0))[1]
+            stack += children.get(pid, [])
         return total
 
     def run(self) -> None:
@@ -62,5 +67,3 @@ class RssSampler:
     def __exit__(self, *a):
         self.stop.set()
         self.t.join()
-
-

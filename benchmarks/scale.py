@@ -44,7 +44,7 @@ def main() -> None:
 
     ensure_ray(num_cpus=2)
     prev = None
-    last_out = None
+    last_out, last_n = None, None
     for n in args.sizes:
         out_root = root / f"n{n}"
         with RssSampler() as rss:
@@ -58,8 +58,8 @@ def main() -> None:
               f"{files:>9,} files  {res.bytes / 2**20:8,.0f} MiB{growth}", flush=True)
         prev = (n, dt)
         if last_out and not args.keep:
-            shutil.rmtree(Path(last_out).parents[1], ignore_errors=True)
-        last_out = res.output
+            shutil.rmtree(root / f"n{last_n}", ignore_errors=True)  # keep the disk to one size at a time
+        last_out, last_n = res.output, n
     t = time.perf_counter()
     v = subprocess.run([sys.executable, "-m", "pipeline", "verify", last_out], capture_output=True, text=True)
     print(f"aigc verify {last_out}: exit {v.returncode} in {time.perf_counter() - t:.0f}s: {v.stdout.strip()[-200:]}")
