@@ -22,8 +22,9 @@ Images are converted to the model's channels, centre-cropped to a square and res
 problem (no images, unreadable or undecodable file, bad label) is a :class:`PipelineError`
 naming the URI or the file. Try it::
 
-    python -c "from pipeline.data import *; from pipeline.specs import *; \
-print(load_data(DataSpec(), ModelSpec()).summary())"
+    python -c "from pipeline.runtime import ensure_ray; ensure_ray(); \
+from pipeline.data import load_data; from pipeline.specs import DataSpec, ModelSpec; \
+print(load_data(DataSpec(limit=100), ModelSpec()).summary())"
 """
 
 from __future__ import annotations
@@ -122,6 +123,16 @@ def _rows(keys: list[str], images: list[np.ndarray], labels: list[int]) -> dict[
     return {"key": np.array(keys, dtype=object), "image": np.stack(images),
             "label": np.asarray(labels, dtype=np.int64),
             "sha": np.array([_row_sha(i, l) for i, l in zip(images, labels)], dtype=object)}
+
+
+def pyarrow_fs(fs: Any) -> Any:
+    """An fsspec filesystem as a pyarrow one (what Ray Data and Ray Train take)."""
+    import pyarrow.fs as pafs
+
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 # --------------------------------------------------------------------------------------------- digits
@@ -266,7 +277,6 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
     import ray.data
 
     from pipeline.storage import StorageError, open_fs
-    from pipeline.train import pyarrow_fs
 
     assert spec.uri
     try:

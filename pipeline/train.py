@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
-from pipeline.data import TrainData, load_data, read_all, to_float, to_uint8
+from pipeline.data import TrainData, load_data, pyarrow_fs, read_all, to_float, to_uint8
 from pipeline.errors import PipelineError
 from pipeline.models import build_discriminator, build_generator
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
@@ -180,16 +180,6 @@ def existing_package(job: JobSpec) -> str | None:
     except StorageError:
         return None
     return uri if isinstance(meta, dict) and meta.get("train_fingerprint") == job.fingerprint("train") else None
-
-
-def pyarrow_fs(fs: Any) -> Any:
-    """An fsspec filesystem as a pyarrow one (what Ray Train and Ray Data take)."""
-    import pyarrow.fs as pafs
-
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols or "local" in protocols:
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 def run_location(job: JobSpec, fresh_suffix: str | None = None) -> RunLocation:

@@ -87,13 +87,11 @@ def listening(pids: list[int]) -> list[str]:
 @pytest.fixture(scope="module")
 def full_run(ray_session, tmp_path_factory):
     """One uninterrupted 2-worker, 4-epoch run; also samples the workers' listening sockets."""
-    if shutil.which("ss") is None:
-        pytest.skip("needs ss")
     root = tmp_path_factory.mktemp("full")
     events, sockets, stop = [], [], threading.Event()
 
     def watch():
-        while not stop.is_set():
+        while not stop.is_set() and shutil.which("ss"):
             pids = train_worker_pids()
             if len(pids) >= WORKERS:
                 sockets.extend(listening(pids))
@@ -259,6 +257,8 @@ def test_checkpoint_contents(full_run):
 
 
 def test_rendezvous_and_gloo_listen_on_loopback_only(full_run):
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to list listening sockets")
     sockets = full_run["sockets"]
     assert sockets, "no listening socket of a training worker was seen"
     for addr in sockets:
@@ -307,6 +307,8 @@ def test_resume_continues_epochs_and_optimizer_and_matches_an_uninterrupted_run(
         diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
         assert diff <= 1e-6, f"resumed run differs from the uninterrupted one by {diff}"
     assert [h["loss_D"] for h in res.history] == pytest.approx([h["loss_D"] for h in straight.state["history"]], abs=1e-6)
+    again = CliRunner().invoke(app, ["train", str(path)])
+    assert again.exit_code == 0 and again.output.strip() == f"already trained from this spec: {res.package_uri}"
 
 
 def _copy_run(full_run, root: Path, name: str) -> Path:
