@@ -43,6 +43,7 @@ from pipeline.storage import (
     Store,
     commit_shard,
     committed_shards,
+    forwarded_env,
     is_published,
     json_bytes,
     publish,
@@ -472,16 +473,3 @@ def worker_error(exc: BaseException) -> str:
         return f"{k.rsplit('.', 1)[-1]}: {m.strip()[:300]}"
     first = (text.strip().splitlines() or [type(exc).__name__])[0]
     return f"{type(exc).__name__}: {first[:300]}"
-
-
-_FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
-                "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
-                "GOOGLE_APPLICATION_CREDENTIALS")
-
-
-def forwarded_env(job: JobSpec) -> dict[str, str]:
-    """Env vars the workers need to reach storage: the ones the spec names, plus standard cloud ones."""
-    creds = job.storage.credentials
-    names = {*_FORWARD_ENV, *job.env, *(n for n in (creds.access_key_env, creds.secret_key_env,
-                                                    creds.session_token_env, creds.token_file_env) if n)}
-    return {n: os.environ[n] for n in sorted(names) if n in os.environ}

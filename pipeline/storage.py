@@ -327,6 +327,19 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (p,) if isinstance(p, str) else tuple(p)
 
 
+_FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+                "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def forwarded_env(job) -> dict[str, str]:
+    """Env vars Ray workers need to reach storage: the ones a JobSpec names, plus standard cloud ones."""
+    creds = job.storage.credentials
+    names = {*_FORWARD_ENV, *job.env, *(n for n in (creds.access_key_env, creds.secret_key_env,
+                                                    creds.session_token_env, creds.token_file_env) if n)}
+    return {n: os.environ[n] for n in sorted(names) if n in os.environ}
+
+
 # --------------------------------------------------------------------------------------------- commits
 @dataclass
 class FileRecord:

@@ -787,7 +787,7 @@ def _training_error(exc: BaseException) -> PipelineError:
 
 def _worker_env(job: JobSpec) -> dict[str, str]:
     """Env vars the workers need to reach storage (the same set generation forwards)."""
-    from pipeline.generate import forwarded_env
+    from pipeline.storage import forwarded_env
 
     return forwarded_env(job)
 
