@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/aigc run jobs/demo.yaml --verify
+	$(BIN)/aigc run jobs/demo.yaml --verify --date $$(date +%F)
+	$(BIN)/aigc report outputs/generated/demo/$$(date +%F)
 
 test: install
 	timeout -s TERM -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q
