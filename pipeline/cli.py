@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from typing import Annotated, Callable, Optional
 
 import typer

@@ -34,7 +34,6 @@ import hashlib
 import io
 import logging
 import posixpath
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, last_error_line, user_error_line
 from pipeline.specs import DataSpec, ModelSpec, StorageSpec, uri_scheme
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -312,54 +311,6 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
 
 
 # --------------------------------------------------------------------------------------------- entry
-_USER_ERROR_LINE = re.compile(r"^(?:pipeline\.[a-z_.]+\.)?(?:PipelineError|StorageError|PackageError): (.+)$", re.M)
-
-
-def _user_error(exc: BaseException) -> PipelineError | None:
-    """The user-facing error a Ray task raised, however Ray wrapped it, as one PipelineError line.
-
-    Ray Data wraps a UDF's exception in UserCodeException and drops the original object; only
-    the remote traceback text in RayTaskError keeps it, so that text is searched as well.
-    """
-    from pipeline.package import PackageError
-    from pipeline.storage import StorageError
-
-    seen, stack, texts = set(), [exc], []
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, (PipelineError, StorageError, PackageError)) and not type(e).__module__.startswith("ray"):
-            return PipelineError(str(e))
-        texts.append(str(e))
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None), getattr(e, "_base_exc", None)]
-    for text in texts:
-        found = _USER_ERROR_LINE.findall(text)
-        if found:
-            return PipelineError(found[-1].strip())
-    return None
-
-
-def _last_line(exc: BaseException) -> str:
-    """The most specific line of a (possibly Ray-wrapped) exception: the innermost non-Ray one."""
-    seen, stack, found = set(), [exc], []
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        found.append(e)
-        stack += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    text = "\n".join(str(e) for e in found)
-    raised = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", text, re.M)
-    real = [f"{name.rsplit('.', 1)[-1]}: {msg}" for name, msg in raised if not name.startswith("ray.")]
-    if real:
-        return real[-1][:300]
-    lines = [ln for ln in str(exc).strip().splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {(lines[-1] if lines else '')[:300]}"
-
-
 @contextlib.contextmanager
 def _ray_errors(where: str):
     """Errors while reading data become one line: a PipelineError from a Ray task comes out as
@@ -371,9 +322,10 @@ def _ray_errors(where: str):
     except (PipelineError, StorageError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps errors raised in its tasks
-        err = _user_error(exc)
+        line = user_error_line(exc)
+        err = PipelineError(line) if line else None
         if err is None:
-            err = PipelineError(f"{where}: cannot read the training data ({_last_line(exc)})")
+            err = PipelineError(f"{where}: cannot read the training data ({last_error_line(exc)})")
         raise err from None
 
 

@@ -22,8 +22,6 @@ Item bytes depend only on (spec, model package, item), never on actor count or r
 from __future__ import annotations
 
 import json
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,13 +30,12 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipeline.encode import SCHEMA, encode_png, logical_time, parquet_bytes, provenance
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, last_error_line, user_error_line
 from pipeline.package import PackageError, load_package, train_package_uri
 from pipeline.prompts import PromptSet, load_prompts
 from pipeline.safety import PromptFilter
 from pipeline.specs import JobSpec, StorageSpec, render_output, today
 from pipeline.storage import (
-    SHARDS_DIR,
     StorageError,
     Store,
     commit_shard,
@@ -440,36 +437,5 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
     except (StorageError, PackageError, PipelineError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the cause in one line
-        raise PipelineError(f"generate: {worker_error(exc)}; committed shards are kept, rerun to resume") from None
-
-
-_OUR_ERROR = re.compile(r"^pipeline\.[\w.]+\.(?:StorageError|PipelineError|PackageError|GateFailed): (.+)$", re.M)
-_ANY_ERROR = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.M)
-
-
-def worker_error(exc: BaseException) -> str:
-    """One line for an exception raised inside a Ray worker.
-
-    Ray Data re-raises a UDF's exception as a UserCodeException whose text carries the worker's
-    traceback; the original exception object does not survive, so its last line is read from there.
-    """
-    seen, stack, texts = set(), [exc], []
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, (StorageError, PackageError, PipelineError)):
-            return str(e)
-        texts.append(str(e))
-        stack += [getattr(e, "cause", None), e.__cause__, e.__context__]
-    text = "\n".join(texts)
-    ours = _OUR_ERROR.findall(text)
-    if ours:
-        return ours[-1].strip()
-    other = [(k, m) for k, m in _ANY_ERROR.findall(text) if not k.startswith("ray.")]
-    if other:
-        k, m = other[-1]
-        return f"{k.rsplit('.', 1)[-1]}: {m.strip()[:300]}"
-    first = (text.strip().splitlines() or [type(exc).__name__])[0]
-    return f"{type(exc).__name__}: {first[:300]}"
+        line = user_error_line(exc) or last_error_line(exc)
+        raise PipelineError(f"generate: {line}; committed shards are kept, rerun to resume") from None

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field

@@ -65,7 +65,7 @@ from torch import nn
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
 from pipeline.data import TrainData, load_data, pyarrow_fs, read_all, to_float, to_uint8
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, user_error_line
 from pipeline.models import build_discriminator, build_generator
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
 from pipeline.specs import JobSpec, TrainSpec, uri_scheme
@@ -773,13 +773,11 @@ def _check_resumable(ck: LoadedCheckpoint, job: JobSpec, data: TrainData) -> Non
 
 
 def _training_error(exc: BaseException) -> PipelineError:
-    from pipeline.data import _user_error
-
     failures = list(getattr(exc, "worker_failures", {}).values()) if hasattr(exc, "worker_failures") else []
     for e in [exc, *failures]:
-        err = _user_error(e)
-        if err is not None:
-            return err
+        line = user_error_line(e)
+        if line is not None:
+            return PipelineError(line)
     root = failures[0] if failures else exc
     text = [line for line in str(root).strip().splitlines() if line.strip()]
     return PipelineError(f"training failed: {(text[-1] if text else type(root).__name__)[:300]}")

@@ -3,7 +3,6 @@ PromptSet (with rejections recorded) or a one-line PipelineError naming file:lin
 
 from __future__ import annotations
 
-import io
 import json
 
 import pyarrow as pa

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import select
 import shutil
-import socket
 import subprocess
 import threading
 import time
