@@ -71,23 +71,34 @@ def pids(temp_dir: str) -> list[int]:
 
 
 def stop(temp_dir: str, grace_s: float = 10) -> int:
-    """SIGTERM this cluster's processes, SIGKILL what is left after ``grace_s``. Returns how many."""
-    found = pids(temp_dir)
-    for pid in found:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.time() + grace_s
-    while time.time() < deadline and any(_alive(p) for p in found):
-        time.sleep(0.2)
-    for pid in found:
-        if _alive(pid):
+    """SIGTERM this cluster's processes, SIGKILL what is left after ``grace_s``. Returns how many.
+
+    Repeats until none is left: a raylet may still fork a worker while it is being stopped.
+    """
+    stopped: set[int] = set()
+    for _ in range(5):
+        found = pids(temp_dir)
+        if not found:
+            break
+        stopped.update(found)
+        for pid in found:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    return len(found)
+        deadline = time.time() + grace_s
+        while time.time() < deadline and any(_alive(p) for p in found):
+            time.sleep(0.2)
+        for pid in found:
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        deadline = time.time() + 5
+        while time.time() < deadline and any(_alive(p) for p in found):
+            time.sleep(0.1)
+    return len(stopped)
 
 
 def _alive(pid: int) -> bool:
