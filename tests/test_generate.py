@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -257,23 +258,19 @@ def test_sigkill_generation_actor_mid_run(ray_session, slow_package, tmp_path):
     assert files_of(res.output) == files_of(clean.output)
 
 
+def job_file(tmp_path: Path, pkg: str, *, count: int, actors: int) -> Path:
+    """The same job as ``job(tmp_path, pkg, count=count, shard_size=250, batch=250)``, as a YAML file."""
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(job(tmp_path, pkg, count=count, shard_size=250, batch=250, actors=actors)
+                                   .model_dump(mode="json", exclude_none=True)))
+    return spec
+
+
 def test_kill_driver_then_rerun_resumes(ray_session, slow_package, tmp_path):
     import ray
 
-    spec = tmp_path / "job.yaml"
-    spec.write_text(f"""
-name: t
-storage: {{root: {tmp_path}}}
-generate:
-  model: {slow_package}
-  seed: 7
-  seeds: {{count: 6000}}
-  shard_size: 250
-  output: "{{root}}/{{name}}/{{date}}"
-  scaling: {{num_actors: 2, num_cpus: 0.5, batch_size: 250}}
-  safety: {{blocklist: [gory, ass]}}
-""")
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    spec = job_file(tmp_path, slow_package, count=6000, actors=2)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)  # drivers join this cluster
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "generate", str(spec), "--date", DATE],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     shards = tmp_path / "t" / DATE / "_shards"
@@ -306,20 +303,8 @@ def test_two_runs_for_the_same_date_at_once(ray_session, slow_package, tmp_path)
     """Both finish cleanly; the second waits for the first's lock; the result equals a clean run."""
     import ray
 
-    spec = tmp_path / "job.yaml"
-    spec.write_text(f"""
-name: t
-storage: {{root: {tmp_path}}}
-generate:
-  model: {slow_package}
-  seed: 7
-  seeds: {{count: 3000}}
-  shard_size: 250
-  output: "{{root}}/{{name}}/{{date}}"
-  scaling: {{num_actors: 1, num_cpus: 0.5, batch_size: 250}}
-  safety: {{blocklist: [gory, ass]}}
-""")
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    spec = job_file(tmp_path, slow_package, count=3000, actors=1)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)  # drivers join this cluster
     cmd = [sys.executable, "-m", "pipeline", "generate", str(spec), "--date", DATE]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
     outs = [p.communicate(timeout=240)[0].decode() for p in procs]
