@@ -84,6 +84,19 @@ def _records(uri: str, data: bytes) -> list[tuple[int, dict | bytes | str]]:
     return [(i + 1, raw.rstrip(b"\r")) for i, raw in enumerate(lines)]
 
 
+def _whole_number(raw: dict, key: str, lo: int | None = None, hi: int | None = None) -> int:
+    """``raw[key]`` as an int (from a number or a CSV string), or ValueError naming the key."""
+    value = raw[key]
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"'{key}' must be a whole number") from None
+    out_of_range = lo is not None and hi is not None and not lo <= number <= hi
+    if isinstance(value, bool) or (isinstance(value, float) and value != number) or out_of_range:
+        raise ValueError(f"'{key}' must be a whole number" + (f" from {lo} to {hi}" if lo is not None else ""))
+    return number
+
+
 def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
     """One record → Prompt, or ValueError with the reason."""
     label = None
@@ -112,19 +125,9 @@ def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
         if not isinstance(text, str):
             raise ValueError("'prompt' must be a string")
         if raw.get("n") not in (None, ""):
-            try:
-                n = int(raw["n"])
-            except (TypeError, ValueError):
-                raise ValueError("'n' must be a whole number") from None
-            if isinstance(raw["n"], bool) or n <= 0 or n > 100_000 or (isinstance(raw["n"], float) and raw["n"] != n):
-                raise ValueError("'n' must be a whole number from 1 to 100000")
+            n = _whole_number(raw, "n", 1, 100_000)
         if raw.get("label") not in (None, ""):
-            try:
-                label = int(raw["label"])
-            except (TypeError, ValueError):
-                raise ValueError("'label' must be a whole number") from None
-            if isinstance(raw["label"], bool) or (isinstance(raw["label"], float) and raw["label"] != label):
-                raise ValueError("'label' must be a whole number")
+            label = _whole_number(raw, "label")
     else:
         text = raw
     if "\x00" in text:

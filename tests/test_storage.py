@@ -377,6 +377,16 @@ def _list_keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
     return keys
 
 
+def _commit_and_publish(store: Store, files: dict[str, bytes], outcome: dict) -> None:
+    """Commit one shard and publish; records "published" or the exception in ``outcome`` (runs in a thread)."""
+    try:
+        rec = commit_shard(store, "00000", files, {"items": len(files)})
+        publish(store, kind="generate", job="t", spec=None, counts={"items": len(files)}, shards={"00000": rec})
+        outcome["published"] = True
+    except BaseException as exc:  # noqa: BLE001 - the test inspects it
+        outcome["error"] = exc
+
+
 def test_server_stopped_mid_write(s3_storage, moto_server):
     """moto dies while a shard is being written: one clean StorageError, and never a _SUCCESS."""
     store = Store(s3_storage.root, s3_storage)
@@ -384,15 +394,7 @@ def test_server_stopped_mid_write(s3_storage, moto_server):
     files = {f"png/{i:05d}.png": png_like(i) for i in range(4000)}
     outcome: dict = {}
 
-    def job():
-        try:
-            rec = commit_shard(store, "00000", files, {"items": len(files)})
-            publish(store, kind="generate", job="t", spec=None, counts={"items": len(files)}, shards={"00000": rec})
-            outcome["published"] = True
-        except BaseException as exc:  # noqa: BLE001 - the test inspects it
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=job, daemon=True)
+    worker = threading.Thread(target=_commit_and_publish, args=(store, files, outcome), daemon=True)
     try:
         worker.start()
         deadline = time.monotonic() + 60
@@ -429,15 +431,7 @@ def test_crash_mid_write_leaves_nothing_committed_and_rerun_publishes(s3_storage
     files = {f"png/{i:05d}.png": png_like(i) for i in range(600)}
     outcome: dict = {}
 
-    def job():
-        try:
-            rec = commit_shard(store, "00000", files, {"items": len(files)})
-            publish(store, kind="generate", job="t", spec=None, counts={"items": len(files)}, shards={"00000": rec})
-            outcome["published"] = True
-        except BaseException as exc:  # noqa: BLE001
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=job, daemon=True)
+    worker = threading.Thread(target=_commit_and_publish, args=(store, files, outcome), daemon=True)
     try:
         worker.start()
         deadline = time.monotonic() + 60
