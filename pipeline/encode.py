@@ -82,7 +82,10 @@ SCHEMA = pa.schema([
     ("item_id", pa.string()),
     ("seed", pa.int64()),
     ("prompt", pa.string()),
-    ("label", pa.int32()),
+    ("label", pa.int32()),  # the item's class: its seed's label, or the prompt's intended label
+    ("resolved_label", pa.int32()),  # text generators: the class the prompt resolved to
+    ("resolved_p", pa.float32()),  # ... and the text encoder's probability of it
+    ("text_encoder", pa.string()),  # ... and the encoder's version
     ("image", IMAGE_TYPE),  # the Hugging Face `datasets` Image feature layout
     ("png_sha256", pa.string()),
     ("width", pa.int32()),

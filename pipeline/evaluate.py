@@ -519,6 +519,42 @@ def score_images(fake: np.ndarray, real: RealData, split: Split, extractor: Feat
     return Scores(model=row(f_fake, p_fake, d_fake), floor=row(f_held, p_held, d_held), threshold=threshold, copies=copies)
 
 
+# --------------------------------------------------------------------------------------------- 4b. prompts
+def heldout_prompts(classes: list[str], n: int) -> tuple[list[str], np.ndarray]:
+    """N prompts in phrasings no training caption used, cycling classes, then phrasings and class words."""
+    from pipeline.models.text_encoder import HELDOUT_TEMPLATES, class_words
+
+    prompts, targets = [], []
+    for i in range(n):
+        c, j = i % len(classes), i // len(classes)
+        words = class_words(classes[c])
+        prompts.append(HELDOUT_TEMPLATES[j % len(HELDOUT_TEMPLATES)].format(w=words[(j // len(HELDOUT_TEMPLATES)) % len(words)]))
+        targets.append(c)
+    return prompts, np.asarray(targets, np.int64)
+
+
+@torch.inference_mode()
+def prompt_accuracy(g: nn.Module, model: ModelSpec, extractor: FeatureExtractor, n: int, seed: int) -> dict[str, Any]:
+    """Prompt-conditioned accuracy: the share of images generated from held-out phrasings that the
+    domain classifier labels as the prompt's class (and how often the text encoder itself resolves it)."""
+    from pipeline.models.text_encoder import VERSION, caption_classes
+
+    classes = caption_classes(model, [])
+    prompts, targets = heldout_prompts(classes, n)
+    z = torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed + 1))
+    out, resolved = [], []
+    for i in range(0, n, SAMPLE_BATCH):
+        post = g.prompt_posterior(prompts[i:i + SAMPLE_BATCH])
+        resolved.append(post.argmax(1))
+        x = g(z[i:i + SAMPLE_BATCH], cond=post @ g.embed.weight)
+        out.append(((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+    probs = extractor.probs(torch.cat(out).numpy())
+    return {"n": n, "phrasings": "held-out", "encoder": VERSION,
+            "accuracy": float((probs.argmax(1) == targets).mean()),
+            "encoder_accuracy": float((torch.cat(resolved).numpy() == targets).mean()),
+            "example": prompts[: len(classes)]}
+
+
 # --------------------------------------------------------------------------------------------- 5. results and gate
 @dataclass
 class EvalResult:
@@ -539,6 +575,7 @@ class EvalResult:
     created_at: str
     uri: str = ""  # where the result JSON is
     skipped: bool = False  # read from an earlier evaluation
+    prompts: dict[str, Any] | None = None  # text-conditioned generators: prompt_accuracy()
 
     def to_json(self) -> dict[str, Any]:
         return {"format": EVAL_FORMAT, "model_uri": self.model_uri, "model_sha256": self.model_sha256, "n": self.n,
@@ -548,7 +585,8 @@ class EvalResult:
                                  "threshold": round(self.threshold, 6),
                                  "quantile": self.settings["memorization_quantile"],
                                  "closest": [dataclasses.asdict(c) for c in self.copies]},
-                "seconds": round(self.seconds, 2), "created_at": self.created_at, "versions": package_versions()}
+                "seconds": round(self.seconds, 2), "created_at": self.created_at, "versions": package_versions(),
+                **({"prompts": self.prompts} if self.prompts is not None else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], uri: str = "") -> EvalResult:
@@ -557,14 +595,15 @@ class EvalResult:
                    extractor=d["extractor"], data=d["data"], settings=d["settings"], model=Metrics(**m["model"]),
                    floor=Metrics(**m["floor"]), threshold=d["memorization"]["threshold"],
                    copies=[Copy(**c) for c in d["memorization"].get("closest", [])], seconds=d["seconds"],
-                   created_at=d["created_at"], uri=uri)
+                   created_at=d["created_at"], uri=uri, prompts=d.get("prompts"))
 
     def summary(self) -> str:
         """One line for run summaries."""
         m, f = self.model, self.floor
         score = f", score {m.score:.2f} ({f.score:.2f})" if m.score is not None and f.score is not None else ""
+        prompts = f", prompt accuracy {self.prompts['accuracy']:.1%} (held-out phrasings)" if self.prompts else ""
         return (f"N={self.n:,}: FLD {m.fld:.2f} (floor {f.fld:.2f}){score}, P {m.precision:.2f} R {m.recall:.2f}, "
-                f"memorization {m.memorization:.1%}")
+                f"memorization {m.memorization:.1%}{prompts}")
 
     def lines(self, gate: GateSpec | None = None) -> list[str]:
         """The metrics table, model beside floor, with the gate's thresholds."""
@@ -586,6 +625,14 @@ class EvalResult:
             ratio = f"{mv / fv:.2f}x" if mv is not None and fv else ""
             gate_txt = "" if limit is None else f"{op} {limit:g}  " + ("ok" if _passes(mv, limit, op) else "FAILED")
             out.append(f"  {label:<13} {fmt(mv, pct):>9} {fmt(fv, pct):>9} {ratio:>12}  {gate_txt}".rstrip())
+        if self.prompts is not None:
+            p = self.prompts
+            gate_txt = "" if g.min_prompt_accuracy is None else (
+                f"  >= {g.min_prompt_accuracy:.1%}  " + ("ok" if _passes(p["accuracy"], g.min_prompt_accuracy, ">=") else "FAILED"))
+            out.append(f"  {'prompt acc.':<13} {p['accuracy']:>9.1%} {'':>9} {'':>12}{gate_txt}".rstrip())
+            out.append(f"  prompt accuracy: N={p['n']:,} images from {p['phrasings']} phrasings (e.g. "
+                       f"\"{p['example'][min(7, len(p['example']) - 1)]}\"), labelled by the domain classifier; "
+                       f"the text encoder alone resolves {p['encoder_accuracy']:.1%} of them")
         out.append(f"  memorization: nearest training image in pixel space closer than {self.threshold:.4f} RMS "
                    f"(the {self.settings['memorization_quantile']:g} quantile of real images' own NN distances)")
         return out
@@ -608,6 +655,10 @@ def gate_failures(result: EvalResult, gate: GateSpec) -> list[str]:
     if gate.max_memorization is not None and not _passes(m.memorization, gate.max_memorization, "<="):
         out.append(f"memorization {m.memorization:.1%} of samples are near-copies of training images > "
                    f"evaluate.gate.max_memorization {gate.max_memorization:.1%}")
+    p = result.prompts
+    if gate.min_prompt_accuracy is not None and (p is None or not _passes(p["accuracy"], gate.min_prompt_accuracy, ">=")):
+        out.append("no prompt accuracy (the model has no text encoder, or the data no labels)" if p is None else
+                   f"prompt accuracy {p['accuracy']:.1%} < evaluate.gate.min_prompt_accuracy {gate.min_prompt_accuracy:.1%}")
     return out
 
 
@@ -698,6 +749,9 @@ def evaluate_package(model_uri: str, spec: EvaluateSpec, *, data: DataSpec | Non
     g = generator or pkg.build_generator()
     fake = sample_images(g, pkg.config, n, spec.seed, sample_labels(real, split, pkg.config))
     scores = score_images(fake, real, split, extractor, k=spec.k, quantile=spec.memorization_quantile, seed=spec.seed)
+    prompts = None
+    if pkg.config.text_encoder is not None and kind == "classifier" and generator is None:
+        prompts = prompt_accuracy(g, pkg.config, extractor, n, spec.seed)
     result = EvalResult(
         model_uri=pkg.uri, model_sha256=pkg.model_sha256, n=n, key=key,
         extractor={"kind": kind, "uri": extractor.uri,
@@ -707,7 +761,7 @@ def evaluate_package(model_uri: str, spec: EvaluateSpec, *, data: DataSpec | Non
               "reference": len(split.reference), "heldout": split.n, "labelled": real.labelled},
         settings=_settings(spec), model=scores.model, floor=scores.floor, threshold=scores.threshold,
         copies=scores.copies, seconds=time.monotonic() - t0,
-        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), prompts=prompts)
     if generator is None:  # only a package's own G is cached under its name
         out.write(closest_name(n), closest_pairs_png(fake, real.images, scores.copies))
         out.write_json(result_name(n), result.to_json())  # last: the result is the commit point

@@ -31,6 +31,7 @@ import numpy as np
 
 from pipeline.encode import SCHEMA, encode_png, logical_time, parquet_bytes, provenance
 from pipeline.errors import PipelineError, last_error_line, user_error_line
+from pipeline.models.text_encoder import VERSION as TEXT_ENCODER_VERSION
 from pipeline.package import PackageError, load_package, train_package_uri
 from pipeline.prompts import PromptSet, load_prompts
 from pipeline.safety import PromptFilter
@@ -164,6 +165,9 @@ class ShardGenerator:
             raise PackageError(f"{cfg.model_uri}: model changed during the run (sha256 {pkg.model_sha256[:12]}…)")
         self.model = pkg.config
         self.g = pkg.build_generator(cfg.device)
+        te = self.model.text_encoder
+        self.classes = (te.classes or []) if te is not None else []
+        self.classes += [str(i) for i in range(len(self.classes), self.model.num_classes)]
         self.store = Store(cfg.output, cfg.storage)
         self.created_at = logical_time(cfg.date)
 
@@ -176,8 +180,29 @@ class ShardGenerator:
                 out[k].append(summary[k])
         return out
 
-    def pixels(self, items: list[Item]) -> Iterator[np.ndarray]:
-        """uint8 NHWC images for ``items``, in fixed micro-batches of ``batch_size``."""
+    def condition(self, chunk: list[Item]) -> tuple[Any, list[dict | None]]:
+        """Condition vectors of a micro-batch, and what each resolved to (provenance).
+
+        A text generator turns each prompt into its class posterior (times the class embeddings);
+        items without a prompt (seed items) are conditioned on their label.
+        """
+        import torch
+
+        labels = torch.tensor([it.label if it.label is not None else 0 for it in chunk], device=self.cfg.device)
+        cond = self.g.condition(labels)
+        resolved: list[dict | None] = [None] * len(chunk)
+        texts = [i for i, it in enumerate(chunk) if it.prompt is not None]
+        if self.g.text is not None and texts:
+            post = self.g.prompt_posterior([chunk[i].prompt for i in texts])
+            cond[texts] = (post @ self.g.embed.weight).to(cond.dtype)
+            p, k = post.max(dim=1)
+            for j, i in enumerate(texts):
+                resolved[i] = {"from": "prompt", "label": int(k[j]), "class": self.classes[int(k[j])],
+                               "p": round(float(p[j]), 4), "encoder": TEXT_ENCODER_VERSION}
+        return cond, resolved
+
+    def pixels(self, items: list[Item]) -> Iterator[tuple[np.ndarray, list[dict | None]]]:
+        """uint8 NHWC images for ``items`` (and their resolved conditions), in fixed micro-batches."""
         import torch
 
         cfg, model = self.cfg, self.model
@@ -186,10 +211,10 @@ class ShardGenerator:
                 chunk = items[lo: lo + cfg.batch_size]
                 # each item's latent comes from its own generator: independent of batching
                 z = torch.stack([torch.randn(model.z_dim, generator=torch.Generator().manual_seed(it.seed)) for it in chunk])
-                labels = torch.tensor([it.label for it in chunk]) if model.conditional else None
-                x = self.g(z.to(cfg.device), labels=labels.to(cfg.device) if labels is not None else None)
+                cond, resolved = self.condition(chunk) if model.conditional else (None, [None] * len(chunk))
+                x = self.g(z.to(cfg.device), cond=cond)
                 x = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-                yield x.permute(0, 2, 3, 1).cpu().numpy()
+                yield x.permute(0, 2, 3, 1).cpu().numpy(), resolved
 
     def run_shard(self, row: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
@@ -198,13 +223,15 @@ class ShardGenerator:
         pngs: dict[str, bytes] = {}
         cols: dict[str, list] = {name: [] for name in SCHEMA.names}
         k = 0
-        for imgs in self.pixels(items):
-            for px in imgs:
+        for imgs, resolved in self.pixels(items):
+            for px, res in zip(imgs, resolved):
                 it = items[k]
                 k += 1
+                extra = {"aigc:condition": json.dumps(res, sort_keys=True)} if res is not None else None
                 png = encode_png(px if px.shape[2] != 1 else px[:, :, 0],
                                  provenance(job=cfg.job, item_id=it.item_id, seed=it.seed,
-                                            model_sha256=cfg.model_sha256, prompt=it.prompt, label=it.label))
+                                            model_sha256=cfg.model_sha256, prompt=it.prompt, label=it.label,
+                                            extra=extra))
                 path = f"images/{shard}/{it.item_id}.png"
                 if "png" in cfg.formats:
                     pngs[path] = png
@@ -213,6 +240,9 @@ class ShardGenerator:
                     cols["seed"].append(it.seed)
                     cols["prompt"].append(it.prompt)
                     cols["label"].append(it.label)
+                    cols["resolved_label"].append(res["label"] if res else None)
+                    cols["resolved_p"].append(res["p"] if res else None)
+                    cols["text_encoder"].append(res["encoder"] if res else None)
                     cols["image"].append({"bytes": png, "path": path})
                     cols["png_sha256"].append(sha256(png))
                     cols["width"].append(px.shape[1])
@@ -328,8 +358,10 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
         raise PipelineError(f"generate.prompts: the model at {model_uri} takes no conditioning; prompts need a conditional model")
     prompts = None
     if gen.prompts is not None:
+        # a text generator reads the prompt itself; a label-conditioned one needs each prompt's label
         prompts = load_prompts(gen.prompts, job.storage, num_classes=num_classes,
-                               prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist))
+                               prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist),
+                               labels_required=cfg_model.text_encoder is None)
     key = run_key(job, pkg.model_sha256, date)
 
     with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):

@@ -141,11 +141,12 @@ def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
 
 
 def load_prompts(spec: PromptsSpec, storage: StorageSpec | None, *, num_classes: int | None,
-                 prompt_filter: PromptFilter) -> PromptSet:
+                 prompt_filter: PromptFilter, labels_required: bool = True) -> PromptSet:
     """Read, parse, check and filter a prompts file.
 
-    ``num_classes``: labels must lie in [0, num_classes) for a label-conditioned model; None means
-    the model takes no labels.
+    ``num_classes``: labels must lie in [0, num_classes) for a conditional model; None means the
+    model takes no labels. ``labels_required``: every prompt needs a label (a label-conditioned
+    model); a text-conditioned model reads the prompt, and a label is only the intended class.
     """
     uri = spec.uri
     data = _read(uri, storage)
@@ -157,10 +158,10 @@ def load_prompts(spec: PromptsSpec, storage: StorageSpec | None, *, num_classes:
         try:
             p = _parse(uri, line, raw, spec)
             if num_classes is not None:
-                if p.label is None:
+                if p.label is None and labels_required:
                     raise ValueError("needs a 'label': this model is conditioned on class labels "
                                      "(use .jsonl/.csv/.parquet with a label column)")
-                if not 0 <= p.label < num_classes:
+                if p.label is not None and not 0 <= p.label < num_classes:
                     raise ValueError(f"label {p.label} is outside 0..{num_classes - 1}")
         except ValueError as exc:
             shown = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw

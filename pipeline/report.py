@@ -356,6 +356,15 @@ def _metrics_table(r: EvalResult, gate: GateSpec | None) -> str:
             gate_cell = f'{op} {esc(shown)} <span class="{"ok" if ok else "bad"}">{"pass" if ok else "FAIL"}</span>'
         body.append(f"<tr><td>{esc(label)}<div class='note'>{esc(hint)}</div></td><td class='num'>{esc(fmt(mv))}</td>"
                     f"<td class='num'>{esc(fmt(fv))}</td><td class='num'>{esc(ratio)}</td><td>{gate_cell}</td></tr>")
+    if r.prompts is not None:
+        p, limit = r.prompts, g.min_prompt_accuracy
+        gate_cell = "" if limit is None else (
+            f'≥ {limit:.1%} <span class="{"ok" if p["accuracy"] >= limit else "bad"}">'
+            f'{"pass" if p["accuracy"] >= limit else "FAIL"}</span>')
+        hint = (f"N = {p['n']:,} images from held-out phrasings such as “{p['example'][0]}”, labelled by the domain "
+                f"classifier; the text encoder alone resolves {p['encoder_accuracy']:.1%}")
+        body.append(f"<tr><td>prompt-conditioned accuracy<div class='note'>{esc(hint)}</div></td>"
+                    f"<td class='num'>{p['accuracy']:.1%}</td><td></td><td></td><td>{gate_cell}</td></tr>")
     ex = r.extractor
     quality = (f"held-out accuracy {ex['heldout_accuracy']:.1%}" if ex.get("heldout_accuracy") is not None
                else f"held-out reconstruction MSE {ex.get('heldout_mse')}")

@@ -142,6 +142,24 @@ class StorageSpec(Strict):
 
 
 # --------------------------------------------------------------------------------------------- model
+class TextEncoderSpec(Strict):
+    """Prompt → condition: a hashed word/character n-gram embedding trained jointly with the GAN."""
+
+    buckets: int = Field(32768, ge=16, le=2**22, description="Hash buckets of the n-gram embedding table.")
+    dim: int = Field(64, ge=2, le=4096, description="Width of the n-gram embeddings.")
+    hidden: int = Field(128, ge=2, le=8192, description="Hidden width of the MLP from the n-gram bag to the condition.")
+    min_ngram: int = Field(2, ge=1, le=10, description="Shortest character n-gram (words carry < and > marks).")
+    max_ngram: int = Field(5, ge=1, le=10, description="Longest character n-gram.")
+    lr: float = Field(2e-3, gt=0, le=1, description="Learning rate (Adam) of the text encoder, which learns from caption cross-entropy.")
+    classes: list[str] | None = Field(None, description="Class names that captions are made from, by label id; default: the training data's classes (digits: 0-9, folders: subfolder names).")
+
+    @model_validator(mode="after")
+    def _ngrams(self) -> TextEncoderSpec:
+        if self.min_ngram > self.max_ngram:
+            raise ValueError(f"min_ngram ({self.min_ngram}) is larger than max_ngram ({self.max_ngram})")
+        return self
+
+
 class ModelSpec(Strict):
     """Architecture of the generator (and its discriminator)."""
 
@@ -154,6 +172,16 @@ class ModelSpec(Strict):
     d_width: int = Field(64, ge=4, le=1024, description="Discriminator base feature width.")
     conditional: bool = Field(False, description="Class-conditioned G and D (label embedding / projection).")
     num_classes: int = Field(10, ge=2, le=100_000, description="Number of classes when conditional.")
+    text_encoder: TextEncoderSpec | None = Field(None, description="Condition G on prompt text instead of a label embedding (needs conditional: true).")
+
+    @model_validator(mode="after")
+    def _text_needs_classes(self) -> ModelSpec:
+        if self.text_encoder is not None and not self.conditional:
+            raise ValueError("text_encoder needs conditional: true (captions are made from class labels)")
+        if self.text_encoder is not None and self.text_encoder.classes is not None \
+                and len(self.text_encoder.classes) != self.num_classes:
+            raise ValueError(f"text_encoder.classes has {len(self.text_encoder.classes)} names for num_classes {self.num_classes}")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- train
@@ -222,6 +250,7 @@ class GateSpec(Strict):
     max_fld: float | None = Field(None, ge=0, description="Largest acceptable Frechet distance on domain-classifier features.")
     min_score: float | None = Field(None, ge=0, description="Smallest acceptable classifier score (IS-style).")
     max_memorization: float | None = Field(None, ge=0, le=1, description="Largest acceptable share of near-copies of training images.")
+    min_prompt_accuracy: float | None = Field(None, ge=0, le=1, description="Text-conditioned generators: smallest acceptable share of images from held-out prompt phrasings that the domain classifier labels as the prompt's class.")
 
 
 class EvaluateSpec(Strict):

@@ -67,6 +67,7 @@ import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything 
 from pipeline.data import TrainData, load_data, pyarrow_fs, read_all, to_float, to_uint8
 from pipeline.errors import PipelineError, user_error_line
 from pipeline.models import build_discriminator, build_generator
+from pipeline.models.text_encoder import Features, caption, caption_classes, featurize, with_classes
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
 from pipeline.specs import JobSpec, TrainSpec, uri_scheme
 from pipeline.storage import Store, StorageError, is_published, open_fs, package_versions, sha256
@@ -143,6 +144,7 @@ class LoopConfig:
     run: RunLocation
     data_fingerprint: str
     progress: Any = None  # ray.util.queue.Queue for live progress, or None
+    classes: list[str] = field(default_factory=list)  # class names by label id (captions for a text encoder)
 
 
 @dataclass
@@ -278,7 +280,15 @@ def _no_sync(m: nn.Module):
 
 
 def make_optimizers(G: nn.Module, D: nn.Module, t: TrainSpec) -> tuple[torch.optim.Adam, torch.optim.Adam]:
-    return (torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2)),
+    """Adam for G and D; a text encoder inside G gets its own learning rate (its own param group)."""
+    text = getattr(_unwrap(G), "text", None)
+    if text is None:
+        groups: Any = G.parameters()
+    else:
+        ids = {id(p) for p in text.parameters()}
+        groups = [{"params": [p for p in G.parameters() if id(p) not in ids]},
+                  {"params": list(text.parameters()), "lr": t.model.text_encoder.lr}]
+    return (torch.optim.Adam(groups, lr=t.lr_g, betas=(t.beta1, t.beta2)),
             torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2)))
 
 
@@ -291,8 +301,12 @@ def build_models(t: TrainSpec) -> tuple[nn.Module, nn.Module]:
 
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              real: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor,
-             autocast: Any = None, scaler: Any = None) -> torch.Tensor:
-    """One DCGAN step (non-saturating loss). Returns [loss_D, loss_G, D(x), D(G(z))] as a tensor."""
+             autocast: Any = None, scaler: Any = None, text: Features | None = None) -> torch.Tensor:
+    """One DCGAN step (non-saturating loss). Returns [loss_D, loss_G, D(x), D(G(z)), loss_text] as a tensor.
+
+    With ``text`` (featurized captions of ``labels``), G's text encoder also learns to classify the
+    captions: its cross-entropy joins G's loss (the encoder's own parameters get only that gradient).
+    """
     autocast = autocast or contextlib.nullcontext
     ones = torch.ones(real.shape[0], device=real.device)
     zeros = torch.zeros_like(ones)
@@ -300,7 +314,10 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     # 1. update D: real images → 1, generated → 0 (two forwards, one backward: one all-reduce)
     opt_d.zero_grad(set_to_none=True)
     with autocast():
-        fake = G(z, labels)
+        if text is not None:
+            fake, loss_text = G(z, labels, text=text, text_targets=labels)
+        else:
+            fake, loss_text = G(z, labels), torch.zeros((), device=real.device)
         logit_real = D(real, labels)
         logit_fake = D(fake.detach(), labels)
         loss_d = (F.binary_cross_entropy_with_logits(logit_real.float(), ones)
@@ -316,6 +333,8 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     opt_g.zero_grad(set_to_none=True)
     with _no_sync(D), autocast():
         loss_g = F.binary_cross_entropy_with_logits(D(fake, labels).float(), ones)
+        if text is not None:
+            loss_g = loss_g + loss_text.float()
     if scaler is not None:
         scaler.scale(loss_g).backward()
         scaler.step(opt_g)
@@ -325,7 +344,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
         opt_g.step()
     return torch.stack([loss_d.detach(), loss_g.detach(),
                         torch.sigmoid(logit_real.detach().float()).mean(),
-                        torch.sigmoid(logit_fake.detach().float()).mean()])
+                        torch.sigmoid(logit_fake.detach().float()).mean(), loss_text.detach().float()])
 
 
 def fixed_noise(t: TrainSpec, n: int = GRID * GRID) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -586,6 +605,8 @@ def train_loop_per_worker(config: dict) -> None:
 
     # 2. models from the seed, or from the latest checkpoint (after a resume or a worker restart)
     G, D = build_models(t)
+    te = t.model.text_encoder if conditional else None
+    classes = caption_classes(t.model, cfg.classes)
     start_epoch, global_step, history, resumed_from = 0, 0, [], None
     ck, rng = None, None
     chosen = [None]
@@ -632,14 +653,18 @@ def train_loop_per_worker(config: dict) -> None:
     for epoch in range(start_epoch, t.epochs):
         idx = epoch_indices(n, epoch, rank, world, t.seed)
         noise = torch.Generator().manual_seed(_mix(t.seed, epoch, rank))
-        sums = torch.zeros(4, device=device)
+        captions = random.Random(_mix(t.seed, "captions", epoch, rank))  # which caption each label gets
+        sums = torch.zeros(5, device=device)
         t0 = last = time.perf_counter()
         for step in range(steps):
             b = idx[step * t.batch_size:(step + 1) * t.batch_size]
             real = to_float(images[b]).to(device, non_blocking=True)
             lab = labels[b].to(device) if conditional else None
             z = torch.randn(len(b), t.model.z_dim, generator=noise).to(device)
-            out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler)
+            text = None
+            if te is not None:
+                text = featurize([caption(classes[i], captions) for i in lab.tolist()], te).to(device)
+            out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler, text)
             sums += out
             global_step += 1
             now = time.perf_counter()
@@ -654,7 +679,8 @@ def train_loop_per_worker(config: dict) -> None:
             torch.distributed.all_reduce(sums)
         means = (sums / (steps * world)).tolist()
         metrics = {"epoch": epoch, "global_step": global_step, "loss_D": means[0], "loss_G": means[1],
-                   "D(x)": means[2], "D(G(z))": means[3], "images/s": steps * t.batch_size * world / seconds,
+                   "D(x)": means[2], "D(G(z))": means[3], **({"loss_text": means[4]} if te is not None else {}),
+                   "images/s": steps * t.batch_size * world / seconds,
                    "seconds": seconds}
         history.append(metrics)
 
@@ -816,7 +842,9 @@ def _drop_untracked(run: RunLocation, result: Any) -> None:
                 run.fs.delete_dir(path)
 
 
-def _run_fit(job: JobSpec, run: RunLocation, data: TrainData, on_progress: Callable[[Progress], None] | None) -> Any:
+def _run_fit(job: JobSpec, run: RunLocation, data: TrainData, on_progress: Callable[[Progress], None] | None,
+             loop: Callable[[dict], None] | None = None) -> Any:
+    """One TorchTrainer fit of ``loop`` (default: the GAN loop; the text model passes its own)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -826,9 +854,9 @@ def _run_fit(job: JobSpec, run: RunLocation, data: TrainData, on_progress: Calla
     t = job.train
     assert t is not None
     queue = Queue(actor_options={"num_cpus": 0}) if on_progress is not None else None
-    cfg = LoopConfig(job=job, run=run, data_fingerprint=data.fingerprint, progress=queue)
+    cfg = LoopConfig(job=job, run=run, data_fingerprint=data.fingerprint, progress=queue, classes=data.classes)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        loop or train_loop_per_worker,
         train_loop_config={"cfg": cfg},
         torch_config=torch_config(),
         scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
@@ -964,7 +992,8 @@ def _train_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Progres
             "epochs": ck.epoch + 1, "global_step": int(ck.state["global_step"]), "run": run.uri,
             "checkpoint": ck.where, "versions": package_versions(),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    model_sha = export_package(pkg_uri, G, t.model, meta, job.storage, job.name)
+    # A text generator's package names its classes, so a bare label captions the same way everywhere.
+    model_sha = export_package(pkg_uri, G, with_classes(t.model, data.classes), meta, job.storage, job.name)
     first_run = 0 if resumed_from is None else resumed_from + 1
     return TrainResult(package_uri=pkg_uri, model_sha256=model_sha, version=version, run_uri=run.uri,
                        epochs=ck.epoch + 1, global_step=int(ck.state["global_step"]), history=history,

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from pipeline.models.text_encoder import Features, TextEncoder
 from pipeline.specs import ModelSpec
 
 
@@ -43,6 +45,7 @@ class Generator(nn.Module):
         self.cfg = cfg
         start, steps = _start_and_steps(cfg.image_size)
         self.cond_dim = (cond_dim or cfg.z_dim) if cfg.conditional else 0
+        te = cfg.text_encoder if cfg.conditional else None
         self.embed = nn.Embedding(cfg.num_classes, self.cond_dim) if cfg.conditional else None
         width = cfg.g_width * 2 ** (steps - 1)
         layers: list[nn.Module] = [
@@ -61,20 +64,51 @@ class Generator(nn.Module):
             # ignore z (measured on digits: within-class pixel std 0.04 vs 0.29 for real digits);
             # starting it 10x smaller keeps z in charge of the variation (0.18 after 8 epochs).
             nn.init.normal_(self.embed.weight, 0.0, 0.1)
+        # A prompt's condition is its class posterior (from the text encoder) times the label
+        # embeddings. Built last, so G's own weights start the same with or without it.
+        self.text = TextEncoder(te, cfg.num_classes) if te is not None else None
 
     def condition(self, labels: torch.Tensor) -> torch.Tensor:
-        """Label → condition vector (the hook the text encoder replaces)."""
+        """Label → condition vector."""
         assert self.embed is not None, "unconditional generator"
         return self.embed(labels)
 
-    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def prompt_posterior(self, prompts: list[str]) -> torch.Tensor:
+        """Prompt texts → class probabilities (N, classes), from the text encoder."""
+        if self.text is None:
+            raise ValueError("this generator has no text encoder")
+        return F.softmax(self.text.logits(prompts).float(), dim=1)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Prompt texts → condition vectors: the posterior-weighted mix of the class embeddings."""
+        assert self.embed is not None
+        return self.prompt_posterior(prompts) @ self.embed.weight
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None, cond: torch.Tensor | None = None,
+                text: Features | None = None, text_targets: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Images from z and a condition: ``cond``, else featurized prompt ``text``, else ``labels``.
+
+        With ``text_targets`` (training: ``text`` holds captions of ``labels``), the images come from
+        the labels and ``(images, loss)`` is returned, ``loss`` being the text encoder's cross-entropy
+        on the captions: computed inside forward, so DDP syncs the encoder's gradients too.
+        """
+        aux = None
         if self.cond_dim:
+            if text is not None:
+                if self.text is None:
+                    raise ValueError("this generator has no text encoder")
+                if text_targets is not None:
+                    aux = F.cross_entropy(self.text(text).float(), text_targets)
+                elif cond is None:
+                    cond = F.softmax(self.text(text).float(), dim=1) @ self.embed.weight
             if cond is None:
                 if labels is None:
-                    raise ValueError("conditional generator needs labels or cond")
+                    raise ValueError("conditional generator needs labels, text or cond")
                 cond = self.condition(labels)
             z = torch.cat([z, cond.to(z.dtype)], dim=1)
-        return self.net(z[:, :, None, None])
+        images = self.net(z[:, :, None, None])
+        return images if text_targets is None else (images, aux)
 
 
 class Discriminator(nn.Module):
