@@ -160,7 +160,7 @@ def logs(submission_id: Annotated[str, typer.Argument(help="Submission id printe
 @app.command()
 @handles_errors
 def train(job: JobArg, set_: SetOpt = None) -> None:
-    """Train the job's GAN with Ray Train (resuming from its last checkpoint); export a model package."""
+    """Train the job's model (GAN or text) with Ray Train, resuming from its last checkpoint; export a model package."""
     from pipeline.train import train as train_job
 
     spec = load(job, set_)
@@ -170,9 +170,13 @@ def train(job: JobArg, set_: SetOpt = None) -> None:
         return
     last = result.history[-1] if result.history else {}
     ran = f"epochs {result.epochs_run[0] + 1}-{result.epochs_run[-1] + 1}" if result.epochs_run else "no epochs"
-    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps, "
-               f"{result.data.get('count', 0):,} images, loss_D {last.get('loss_D', float('nan')):.3f}, "
-               f"loss_G {last.get('loss_G', float('nan')):.3f})")
+    if "perplexity" in last:  # a text model
+        figures = (f"{result.data.get('tokens', 0):,} bytes, loss {last['loss']:.3f}, held-out perplexity "
+                   f"{last['perplexity']:.2f}, unigram {last['unigram_perplexity']:.2f}")
+    else:
+        figures = (f"{result.data.get('count', 0):,} images, loss_D {last.get('loss_D', float('nan')):.3f}, "
+                   f"loss_G {last.get('loss_G', float('nan')):.3f}")
+    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps, {figures})")
     typer.echo(f"checkpoints: {result.run_uri}")
     typer.echo(f"model package: {result.package_uri}  (sha256 {result.model_sha256[:12]})")
 

@@ -646,6 +646,8 @@ def _passes(value: float | None, limit: float, op: str) -> bool:
 
 def gate_failures(result: EvalResult, gate: GateSpec) -> list[str]:
     """One phrase per failed threshold; empty when the gate passes (or sets no thresholds)."""
+    if getattr(result, "kind", "image") == "text":  # a TextEvalResult (pipeline.evaluate_text)
+        return result.gate_failures(gate)
     m, f = result.model, result.floor
     out = []
     if gate.max_fld is not None and not _passes(m.fld, gate.max_fld, "<="):
@@ -671,6 +673,9 @@ def enforce_gate(result: EvalResult, gate: GateSpec) -> None:
 
 def _check_config(spec: EvaluateSpec, kind: str, real: RealData, split: Split) -> None:
     """Settings that cannot work with this data, refused before anything is trained."""
+    if spec.gate.max_perplexity is not None:
+        raise PipelineError("evaluate.gate.max_perplexity: applies to text models; this is an image model "
+                            "(gate it with max_fld, min_score or max_memorization)")
     if spec.gate.min_score is not None and kind != "classifier":
         why = "evaluate.extractor is 'autoencoder'" if real.labelled else f"{real.source} has no labels"
         raise PipelineError(f"evaluate.gate.min_score: the classifier score needs the classifier extractor, but the "
@@ -727,6 +732,10 @@ def evaluate_package(model_uri: str, spec: EvaluateSpec, *, data: DataSpec | Non
     """
     t0 = time.monotonic()
     pkg = load_package(model_uri, storage)
+    if pkg.kind == "text":  # a byte-level GPT: held-out perplexity beside a unigram baseline
+        from pipeline.evaluate_text import evaluate_text_package
+
+        return evaluate_text_package(pkg, spec, data=data, storage=storage, log=log)
     data = data or _model_data_spec(pkg)
     if data is None:
         raise PipelineError(f"evaluate.data: the model package at {pkg.uri} does not say what data it was trained on; "
@@ -811,6 +820,12 @@ def read_results(package_uri: str, storage: StorageSpec | None = None) -> list[E
     store = Store(eval_uri(package_uri), storage)
     out = []
     for rel in store.list():
+        if rel == "perplexity.json":  # a text model's (pipeline.evaluate_text)
+            from pipeline.evaluate_text import TextEvalResult
+
+            with contextlib.suppress(KeyError, TypeError, ValueError, StorageError):
+                out.append(TextEvalResult.from_json(store.read_json(rel), store.url(rel)))
+            continue
         if "/" in rel or not (rel.startswith("n") and rel.endswith(".json")):
             continue
         with contextlib.suppress(KeyError, TypeError, ValueError, StorageError):

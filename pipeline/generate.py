@@ -25,7 +25,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -352,6 +352,11 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
     # 1. model and prompts, checked in the driver before any Ray work
     model_uri = model_uri_for(job)
     pkg = load_package(model_uri, job.storage)
+    if pkg.kind == "text":  # a byte-level GPT completes prompts: same shards and commits, its own actor
+        from pipeline.complete import run_complete
+
+        return run_complete(job, pkg, store, model_uri=model_uri, date=date, address=address, progress=progress,
+                            log=log, t0=t0)
     cfg_model = pkg.config
     num_classes = cfg_model.num_classes if cfg_model.conditional else None
     if gen.prompts is not None and not cfg_model.conditional:
@@ -372,7 +377,10 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
 
 def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, address: str | None, progress: bool,
                      log, model_uri: str, model_sha256: str, num_classes: int | None, prompts: PromptSet | None,
-                     key: dict, t0: float) -> GenerateResult:
+                     key: dict, t0: float, make_actor: Callable | None = None,
+                     encoder: dict | None = None) -> GenerateResult:
+    """Plan, run and publish the shards. ``make_actor(ShardConfig) -> (class, config)`` swaps the
+    actor (text completion); ``encoder`` names what wrote the files, in the manifest."""
     gen = job.generate
     assert gen is not None
     # 2. idempotence: a published run is a no-op; a different job in the same place is refused
@@ -396,7 +404,7 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
         log(f"generate: resuming {output}: {len(shards) - len(todo)}/{len(shards)} shards already committed")
     bar = Progress(sum(s.items for s in todo), enabled=progress)
     if todo:
-        _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar)
+        _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar, make_actor)
 
     # 4. publish: every planned shard committed → orphans out → manifest → _SUCCESS
     done = committed_shards(store)
@@ -425,18 +433,21 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
         "files": sum(r["files"] for r in shard_recs.values()),
         "bytes": sum(r["bytes"] for r in shard_recs.values()),
     }
+    for sid in planned:  # counts an actor recorded per shard (e.g. rejected completions), summed
+        for k, v in done[sid]["index"].get("counts", {}).items():
+            counts[k] = counts.get(k, 0) + v
     if counts["items"] != total_items:
         raise PipelineError(f"generate: committed {counts['items']} items but planned {total_items}; rerun to repair")
     publish(store, kind="generate", job=job.name, spec=job.masked(), counts=counts, shards=shard_recs, files=files,
             extra={"run": key, "model_uri": model_uri, "model_sha256": model_sha256,
-                   "encoder": {"png": "aigc-png/1", "parquet_schema": SCHEMA.to_string()}})
+                   "encoder": encoder or {"png": "aigc-png/1", "parquet_schema": SCHEMA.to_string()}})
     seconds = time.monotonic() - t0
     return GenerateResult(output, counts["items"], len(shards), len(shards) - len(todo), len(rejected),
                           counts["bytes"], seconds)
 
 
 def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_uri: str, output: str,
-                date: str, address: str | None, bar: Progress) -> None:
+                date: str, address: str | None, bar: Progress, make_actor: Callable | None = None) -> None:
     import ray
 
     from pipeline.runtime import ensure_ray
@@ -449,11 +460,12 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
                       job=job.name, job_seed=gen.seed, date=date, formats=list(gen.formats),
                       batch_size=scaling.batch_size, threads=max(1, round(scaling.num_cpus)),
                       device="cuda" if scaling.num_gpus > 0 else "cpu")
+    actor, actor_cfg = make_actor(cfg) if make_actor is not None else (ShardGenerator, cfg)
     # One block per shard, so Ray hands each actor call exactly one whole shard.
     ds = ray.data.from_items([s.row() for s in todo], override_num_blocks=len(todo))
     ds = ds.map_batches(
-        ShardGenerator,
-        fn_constructor_kwargs={"cfg": cfg},
+        actor,
+        fn_constructor_kwargs={"cfg": actor_cfg},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(scaling.num_actors, len(todo))),
         # fractional CPUs leave room for Ray Data's own tasks (a full pool can starve them: DESIGN §4)

@@ -2,12 +2,16 @@
 
 Layout at ``<storage.root>/models/<job name>/<version>/``::
 
-    model.json              architecture (a ModelSpec), dataset fingerprint, metrics, versions
+    model.json              architecture (a ModelSpec or TextModelSpec), dataset fingerprint, metrics, versions
     generator.safetensors   generator weights (and BN buffers); no pickle anywhere
     manifest.json, _SUCCESS written last, so a half-exported package is never loaded
 
 ``model_sha256`` (the sha256 of ``generator.safetensors``) names the weights in every asset's
 provenance.
+
+Two kinds of package share this layout, told apart by ``model.arch`` in model.json: image
+generators (``dcgan``, :meth:`ModelPackage.build_generator`) and byte-level text models
+(``bytegpt``, :mod:`pipeline.models.textgen`; ``kind == "text"``, :meth:`ModelPackage.build_model`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from pipeline.specs import ModelSpec, StorageSpec
+from pipeline.specs import ModelSpec, StorageSpec, TextModelSpec, is_text_model, parse_model_spec
 from pipeline.storage import Store, StorageError, is_published, publish, sha256
 
 MODEL_JSON = "model.json"
@@ -34,10 +38,19 @@ class PackageError(Exception):
 @dataclass
 class ModelPackage:
     uri: str
-    config: ModelSpec
+    config: ModelSpec | TextModelSpec
     meta: dict[str, Any]
     model_sha256: str
     state_dict: dict[str, torch.Tensor]
+
+    @property
+    def kind(self) -> str:
+        """``image`` (a DCGAN generator) or ``text`` (a byte-level GPT)."""
+        return "text" if is_text_model(self.config) else "image"
+
+    def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
+        """The package's model, in eval mode: the generator of an image package, the GPT of a text one."""
+        return self.build_generator(device)
 
     def build_generator(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """Rebuild the generator from the package alone, in eval mode."""
@@ -56,7 +69,7 @@ def package_uri(root: str, name: str, version: str) -> str:
     return f"{root.rstrip('/')}/models/{name}/{version}"
 
 
-def export_package(uri: str, generator: torch.nn.Module, config: ModelSpec, meta: dict[str, Any],
+def export_package(uri: str, generator: torch.nn.Module, config: ModelSpec | TextModelSpec, meta: dict[str, Any],
                    storage: StorageSpec | None = None, job: str = "") -> str:
     """Write model.json + generator.safetensors, then manifest and _SUCCESS. Returns model_sha256."""
     from safetensors.torch import save
@@ -87,7 +100,7 @@ def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
         raise PackageError(str(exc)) from None
     try:
         meta = json.loads(raw_meta)
-        config = ModelSpec.model_validate(meta["model"])
+        config = parse_model_spec(meta["model"])
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
         raise PackageError(f"{uri}/{MODEL_JSON}: not a valid model description ({type(exc).__name__})") from None
     model_sha = sha256(weights)

@@ -114,7 +114,7 @@ def _assets_from_parquet(store: Store, files: list[str], limit: int) -> list[Ass
     out: list[Asset] = []
     for rel in files:
         for row in sorted(_parquet_rows(store, rel), key=lambda r: r["item_id"]):
-            image = row.pop("image") or {}
+            image = row.pop("image", None) or {}  # text outputs have no image: their card shows the text
             meta = {k: v for k, v in row.items() if v is not None}
             meta["DigitalSourceType"] = "trainedAlgorithmicMedia"  # every row of an aigc Parquet carries it
             out.append(Asset(str(row["item_id"]), image.get("bytes") or b"", meta))
@@ -276,6 +276,14 @@ def training_curves(history: list[dict[str, Any]]) -> dict[str, bytes]:
     def col(key: str) -> list[float]:
         return [float(h[key]) if isinstance(h.get(key), (int, float)) else float("nan") for h in history]
 
+    if any("perplexity" in h for h in history):  # a text model
+        return {
+            "loss.png": line_plot({"training loss": col("loss"), "held-out loss": col("heldout_loss")},
+                                  title="Cross-entropy per byte (nats) per epoch"),
+            "perplexity.png": line_plot({"model": col("perplexity"), "unigram baseline": col("unigram_perplexity")},
+                                        title="Held-out perplexity per byte: model vs unigram baseline"),
+        }
+
     return {
         "loss.png": line_plot({"loss_D": col("loss_D"), "loss_G": col("loss_G")}, title="Losses per epoch"),
         "discriminator.png": line_plot({"D(x)": col("D(x)"), "D(G(z))": col("D(G(z))")},
@@ -336,7 +344,31 @@ def _kv_table(rows: list[tuple[str, Any]]) -> str:
     return f"<table>{cells}</table>"
 
 
+def _text_metrics_table(r: Any, gate: GateSpec | None) -> str:
+    """A text model's held-out perplexity beside the unigram baseline (pipeline.evaluate_text)."""
+    limit = (gate or GateSpec()).max_perplexity
+    gate_cell = ""
+    if limit is not None:
+        ok = r.model.perplexity <= limit
+        gate_cell = f'≤ {limit:g} <span class="{"ok" if ok else "bad"}">{"pass" if ok else "FAIL"}</span>'
+    rows = [("perplexity per byte", f"{r.model.perplexity:.3f}", f"{r.baseline.perplexity:.3f}", f"{r.ratio:.2f}×", gate_cell),
+            ("bits per byte", f"{r.model.bits_per_byte:.3f}", f"{r.baseline.bits_per_byte:.3f}",
+             f"{r.model.bits_per_byte / r.baseline.bits_per_byte:.2f}×", "")]
+    body = "".join(f"<tr><td>{esc(a)}</td><td class='num'>{esc(b)}</td><td class='num'>{esc(c)}</td>"
+                   f"<td class='num'>{esc(d)}</td><td>{e}</td></tr>" for a, b, c, d, e in rows)
+    d = r.data
+    caption = (f"{r.n:,} held-out bytes ({d.get('segments', 0)} segments, a {d.get('heldout', 0):g} share of "
+               f"{d.get('uri', '?')}); the unigram baseline is the byte frequencies of the "
+               f"{d.get('train_tokens', 0):,} training bytes, scored on the same bytes; computed {r.created_at}")
+    if not d.get("same_as_training", True):
+        caption += "; NOT the corpus this model was trained on"
+    return (f"<p>{esc(caption)}</p><table><tr><th>metric</th><th>model</th><th>unigram baseline</th>"
+            f"<th>model / baseline</th><th>gate</th></tr>{body}</table>")
+
+
 def _metrics_table(r: EvalResult, gate: GateSpec | None) -> str:
+    if getattr(r, "kind", "image") == "text":
+        return _text_metrics_table(r, gate)
     g = gate or GateSpec()
     rows = [("FLD (Fréchet distance, domain features)", "fld", False, g.max_fld, "≤", "lower is better"),
             ("classifier score", "score", False, g.min_score, "≥", "higher is better, at most the number of classes"),
@@ -389,7 +421,9 @@ def _index_html(inp: ReportInputs, curves: dict[str, str], grids: list[tuple[int
     rows: list[tuple[str, Any]] = [("model package", inp.model_uri), ("model sha256", meta.get("model_sha256")),
                                    ("version", meta.get("version")), ("epochs trained", meta.get("epochs")),
                                    ("training data", f"{data.get('uri') or data.get('source', '?')}, "
-                                                     f"{data.get('count', '?')} images" if data else "")]
+                                                     f"{data.get('count', '?')} "
+                                                     f"{'bytes' if data.get('source') == 'text' else 'images'}"
+                                    if data else "")]
     if inp.kind == "generate":
         c = man.get("counts", {})
         rows += [("generated output", inp.uri), ("created", man.get("created_at")),
@@ -402,7 +436,8 @@ def _index_html(inp: ReportInputs, curves: dict[str, str], grids: list[tuple[int
     if not inp.evals:
         body.append(f"<p>No evaluation stored beside this model yet: run <code>aigc evaluate {esc(inp.model_uri)}</code>.</p>")
     for r in inp.evals:
-        body.append(f"<h3>N = {r.n:,}</h3>" + _metrics_table(r, inp.gate))
+        head = "Held-out perplexity" if getattr(r, "kind", "image") == "text" else f"N = {r.n:,}"
+        body.append(f"<h3>{head}</h3>" + _metrics_table(r, inp.gate))
         if r.n in closest:
             body.append(f"<figure><img class='px' src='{src(closest[r.n])}' alt='closest pairs, N={r.n}' "
                         f"style='height:160px'><figcaption class='note'>The {len(r.copies)} generated samples closest "
@@ -446,6 +481,14 @@ def _cell(key: str, value: Any) -> str:
 
 
 def _card(a: Asset, img_rel: str) -> str:
+    if not a.png and "completion_tokens" in a.meta:  # a text completion (pipeline.complete)
+        keys = ["item_id", "seed", "stop_reason", "rejected", "completion_tokens", "model_sha256", "job", "created_at"]
+        rows = "".join(f"<tr><td class='k'>{esc(k)}</td>{_cell(k, a.meta[k])}</tr>" for k in keys
+                       if a.meta.get(k) not in (None, ""))
+        text = a.meta.get("completion")
+        shown = (f"<b>{esc(a.meta.get('prompt', ''))}</b>{esc(text)}" if text is not None
+                 else f"<b>{esc(a.meta.get('prompt', ''))}</b> <i>(completion rejected)</i>")
+        return f"<div class='card'><pre style='white-space:pre-wrap'>{shown}</pre><table>{rows}</table></div>"
     rows = "".join(f"<tr><td class='k'>{esc(k)}</td>{_cell(k, a.meta[k])}</tr>" for k in PROVENANCE_KEYS
                    if k in a.meta and a.meta[k] not in (None, ""))
     return (f"<div class='card'><img class='px' src='{src(img_rel)}' alt='{esc(a.item_id)}' width='96' height='96'>"
@@ -523,7 +566,8 @@ def build_report(uri: str, out: str | None = None, *, storage: StorageSpec | Non
     for i in range(pages):
         chunk = inp.assets[i * page_size:(i + 1) * page_size]
         for a in chunk:
-            files[f"{GALLERY_DIR}/img/{a.item_id}.png"] = a.png
+            if a.png:  # text completions have none
+                files[f"{GALLERY_DIR}/img/{a.item_id}.png"] = a.png
         files[_page_name(i + 1)] = _gallery_html(inp, chunk, i + 1, pages).encode()
     files["index.html"] = _index_html(inp, curves, grids, closest, pages).encode()
     store = Store(out_uri, storage)

@@ -154,7 +154,13 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
                                                "package for this spec exists"))
         else:
             last = res.history[-1] if res.history else {}
-            detail = f"{res.epochs} epochs" + (f", loss_G {last['loss_G']:.3f} loss_D {last['loss_D']:.3f}" if last else "")
+            if "loss_G" in last:
+                detail = f"{res.epochs} epochs, loss_G {last['loss_G']:.3f} loss_D {last['loss_D']:.3f}"
+            elif "perplexity" in last:  # a text model
+                detail = (f"{res.epochs} epochs, loss {last['loss']:.3f}, held-out perplexity {last['perplexity']:.2f} "
+                          f"(unigram {last['unigram_perplexity']:.2f})")
+            else:
+                detail = f"{res.epochs} epochs"
             _add(summary, record, StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri], detail))
 
     if job.evaluate is not None:

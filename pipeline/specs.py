@@ -19,11 +19,13 @@ import hashlib
 import json
 import os
 import re
+import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, SecretStr, Tag, TypeAdapter, ValidationError,
+                      field_validator, model_validator)
 
 SCHEMES = ("file", "s3", "gs", "gcs", "memory")
 _URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
@@ -184,15 +186,56 @@ class ModelSpec(Strict):
         return self
 
 
+class TextModelSpec(Strict):
+    """A small byte-level GPT (nanoGPT-style causal self-attention) for text completion."""
+
+    arch: Literal["bytegpt"] = Field(..., description="`bytegpt`: vocabulary of the 256 byte values plus an end-of-text token.")
+    preset: str | None = Field(None, description="Name of the preset this came from (informational).")
+    n_layer: int = Field(4, ge=1, le=64, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, le=64, description="Attention heads per block (must divide n_embd).")
+    n_embd: int = Field(128, ge=8, le=4096, description="Embedding width.")
+    block_size: int = Field(128, ge=8, le=4096, description="Context length in bytes (tokens).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout in training (sampling never drops).")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TextModelSpec:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+def _model_arch(value: Any) -> str:
+    """The union tag of a model section: its ``arch``, ``dcgan`` when left out (older specs)."""
+    arch = value.get("arch", "dcgan") if isinstance(value, dict) else getattr(value, "arch", "dcgan")
+    return arch if isinstance(arch, str) else repr(arch)
+
+
+# train.model: the DCGAN (default, `arch` may be left out) or the byte-level GPT, chosen by `arch`.
+AnyModelSpec = Annotated[Union[Annotated[ModelSpec, Tag("dcgan")], Annotated[TextModelSpec, Tag("bytegpt")]],
+                         Discriminator(_model_arch)]
+MODEL_ARCHS = ("dcgan", "bytegpt")
+
+
+def parse_model_spec(data: Any) -> ModelSpec | TextModelSpec:
+    """A ``train.model`` section (e.g. from a package's model.json) as the spec of its architecture."""
+    return TypeAdapter(AnyModelSpec).validate_python(data)
+
+
+def is_text_model(model: Any) -> bool:
+    return isinstance(model, TextModelSpec)
+
+
 # --------------------------------------------------------------------------------------------- train
 class DataSpec(Strict):
     """Training data."""
 
-    source: Literal["digits", "images", "parquet"] = Field("digits", description="digits (embedded, scikit-learn), images (folder of PNG/JPEG) or parquet.")
-    uri: str | None = Field(None, description="URI of the image folder or Parquet file/folder (not for digits).")
+    source: Literal["digits", "images", "parquet", "text"] = Field("digits", description="digits (embedded, scikit-learn), images (folder of PNG/JPEG), parquet, or text (a corpus for a bytegpt model).")
+    uri: str | None = Field(None, description="URI of the image folder or Parquet file/folder (not for digits); text: a .txt, .jsonl or .parquet file, or a folder of them.")
     image_column: str = Field("image", description="parquet: column with image bytes (or a {bytes, path} struct).")
     label_column: str | None = Field("label", description="parquet: optional integer label column.")
-    limit: int | None = Field(None, gt=0, description="Use only the first N examples (handy for quick runs).")
+    limit: int | None = Field(None, gt=0, description="Use only the first N examples (handy for quick runs); text: the first N bytes of the corpus.")
+    text_column: str | None = Field(None, description="text: the field of a .jsonl line or the Parquet column holding the text; default `text`.")
+    heldout: float | None = Field(None, gt=0, lt=1, description="text: share of the corpus held out for perplexity (spread evenly, in 2 KiB segments); default 0.1.")
 
     @field_validator("uri")
     @classmethod
@@ -205,6 +248,8 @@ class DataSpec(Strict):
             raise ValueError(f"source '{self.source}' needs train.data.uri")
         if self.source == "digits" and self.uri:
             raise ValueError("source 'digits' is embedded and takes no uri")
+        if self.source != "text" and (self.text_column is not None or self.heldout is not None):
+            raise ValueError("text_column and heldout apply to source 'text' only")
         return self
 
 
@@ -225,11 +270,22 @@ class CheckpointSpec(Strict):
     resume: bool = Field(True, description="Rerunning the same job continues from its last checkpoint.")
 
 
+class LMSpec(Strict):
+    """Optimizer of the byte-level GPT: AdamW with linear warm-up, then a constant learning rate."""
+
+    lr: float = Field(1e-3, gt=0, le=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.1, ge=0, le=10, description="AdamW weight decay of the 2-D weights (matrices, embeddings); biases and norms are not decayed.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2.")
+    warmup_steps: int = Field(50, ge=0, le=10_000_000, description="Steps of linear learning-rate warm-up (a function of the global step, so resume is exact).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this; null: no clipping.")
+
+
 class TrainSpec(Strict):
     """The train stage."""
 
     data: DataSpec = Field(default_factory=DataSpec, description="Training data.")
-    model: ModelSpec = Field(default_factory=ModelSpec, description="Model architecture.")
+    model: AnyModelSpec = Field(default_factory=ModelSpec, description="Model architecture: a DCGAN (`arch: dcgan`, the default) or a byte-level GPT (`arch: bytegpt`).")
     epochs: int = Field(10, ge=1, le=100_000, description="Total epochs (a resumed run continues up to this).")
     batch_size: int = Field(64, ge=1, le=65536, description="Per-worker batch size.")
     lr_g: float = Field(2e-4, gt=0, le=1, description="Generator learning rate (Adam).")
@@ -241,6 +297,18 @@ class TrainSpec(Strict):
     scaling: TrainScaling = Field(default_factory=TrainScaling, description="Ray Train scaling.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and recovery.")
     version: str | None = Field(None, description="Model package version; default: spec fingerprint.")
+    lm: LMSpec | None = Field(None, description="Optimizer settings of a bytegpt model (defaults when left out); lr_g, lr_d, beta1, beta2 are the GAN's.")
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> TrainSpec:
+        text_model, text_data = is_text_model(self.model), self.data.source == "text"
+        if text_model and not text_data:
+            raise ValueError(f"train.data.source: a bytegpt model trains on a text corpus (source: text), not '{self.data.source}'")
+        if text_data and not text_model:
+            raise ValueError("train.model.arch: source 'text' trains a text model; set train.model.arch: bytegpt")
+        if self.lm is not None and not text_model:
+            raise ValueError("train.lm: applies to a bytegpt model only (train.model.arch: bytegpt)")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- evaluate
@@ -251,6 +319,7 @@ class GateSpec(Strict):
     min_score: float | None = Field(None, ge=0, description="Smallest acceptable classifier score (IS-style).")
     max_memorization: float | None = Field(None, ge=0, le=1, description="Largest acceptable share of near-copies of training images.")
     min_prompt_accuracy: float | None = Field(None, ge=0, le=1, description="Text-conditioned generators: smallest acceptable share of images from held-out prompt phrasings that the domain classifier labels as the prompt's class.")
+    max_perplexity: float | None = Field(None, ge=1, description="Text models: largest acceptable held-out perplexity (per byte).")
 
 
 class EvaluateSpec(Strict):
@@ -303,6 +372,15 @@ class SafetySpec(Strict):
     allowlist: list[str] = Field(default_factory=list, description="Words that are never blocked even when they contain a blocked term.")
 
 
+class TextSamplingSpec(Strict):
+    """How a text model completes each prompt (every item samples from its own seeded generator)."""
+
+    temperature: float = Field(0.8, ge=0, le=100, description="Divides the logits before sampling; 0 = greedy (always the most likely byte).")
+    top_k: int | None = Field(40, ge=1, le=257, description="Sample among the k most likely tokens only; null: all 257.")
+    max_new_tokens: int = Field(128, ge=1, le=100_000, description="Most bytes generated per completion (it stops earlier at the end-of-text token).")
+    filter_completions: bool = Field(False, description="Apply generate.safety to completions too; a blocked completion is kept as a row with its reason in `rejected` and no text.")
+
+
 class GenerateScaling(Strict):
     """Actor pool for generation."""
 
@@ -324,6 +402,7 @@ class GenerateSpec(Strict):
     shard_size: int = Field(1000, gt=0, le=10_000_000, description="Items per shard: the unit of work, retry, naming and commit.")
     scaling: GenerateScaling = Field(default_factory=GenerateScaling, description="Actor pool.")
     safety: SafetySpec = Field(default_factory=SafetySpec, description="Prompt filter.")
+    text: TextSamplingSpec | None = Field(None, description="Sampling of a text (bytegpt) model; defaults when left out.")
 
     @field_validator("formats")
     @classmethod
@@ -388,7 +467,7 @@ class JobSpec(Strict):
         gen = self.generate
         if gen is not None and gen.prompts is not None:
             model = self.train.model if self.train else None
-            if model is not None and not model.conditional:
+            if model is not None and not is_text_model(model) and not model.conditional:
                 raise ValueError(
                     "generate.prompts: prompts need a conditional model, "
                     "but train.model.conditional is false"
@@ -397,6 +476,8 @@ class JobSpec(Strict):
                 raise ValueError("generate.prompts: prompts need a conditional model; set generate.model or a train stage")
         if gen is not None and gen.model is None and self.train is None:
             raise ValueError("generate.model: needed when the job has no train stage")
+        if self.train is not None:
+            self._check_text(is_text_model(self.train.model))
         if gen is not None and self.train is not None and self.train.data.uri:
             out = gen.output.replace("{root}", self.storage.root.rstrip("/"))
             out = _norm_location(_TEMPLATE_RE.sub("x", out))
@@ -404,6 +485,25 @@ class JobSpec(Strict):
             if out.startswith(data):
                 raise ValueError("generate.output: must not be inside the training data (train.data.uri)")
         return self
+
+    def _check_text(self, text: bool) -> None:
+        """Settings of one kind of model (image or text) given to a job that trains the other kind."""
+        gen, ev = self.generate, self.evaluate
+        if text and gen is not None:
+            if gen.seeds is not None:
+                raise ValueError("generate.seeds: a text model (train.model.arch: bytegpt) completes prompts; "
+                                 "use generate.prompts")
+            if "formats" in gen.model_fields_set and "png" in gen.formats:
+                raise ValueError("generate.formats: a text model writes Parquet only; set formats: [parquet]")
+        if not text and gen is not None and gen.text is not None:
+            raise ValueError("generate.text: applies to a text model (train.model.arch: bytegpt)")
+        if ev is not None:
+            image_gate = [k for k in GateSpec.model_fields if k != "max_perplexity" and getattr(ev.gate, k) is not None]
+            if text and image_gate:
+                raise ValueError(f"evaluate.gate.{image_gate[0]}: applies to image models; a text model is gated by "
+                                 "evaluate.gate.max_perplexity")
+            if not text and ev.gate.max_perplexity is not None:
+                raise ValueError("evaluate.gate.max_perplexity: applies to a text model (train.model.arch: bytegpt)")
 
     # ------------------------------------------------------------------ helpers
     def fingerprint(self, *sections: str) -> str:
@@ -424,6 +524,8 @@ _MSG_REWRITES = [
     (re.compile(r"^Field required$"), "missing required key"),
     (re.compile(r"^Value error, "), ""),
     (re.compile(r"^Assertion failed, "), ""),
+    (re.compile(r"^Input tag (.*) found using _model_arch\(\) does not match any of the expected tags: (.*)$"),
+     r"unknown architecture \1 (use one of \2)"),
 ]
 
 
@@ -436,7 +538,10 @@ def _friendly(msg: str) -> str:
 def _format_errors(source: str, err: ValidationError) -> list[str]:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        parts = e["loc"]
+        # train.model is a union chosen by `arch`: pydantic puts the chosen tag into the path; leave it out.
+        parts = [p for i, p in enumerate(parts) if not (p in MODEL_ARCHS and i and parts[i - 1] == "model")]
+        loc = ".".join(str(p) for p in parts if not (isinstance(p, str) and p.startswith("function-")))
         msg = _friendly(e["msg"])
         # Model-level checks put the field in the message ("generate.prompts: ..."); don't repeat the loc.
         if re.match(r"^[a-z_]+(\.[a-z_0-9]+)+: ", msg):
@@ -601,11 +706,21 @@ def reference_markdown() -> str:
              "Generated from `pipeline/specs.py` by `python -m pipeline.specs > docs/spec-reference.md`; "
              "a test keeps it in sync. Every model is strict: an unknown key is an error.", ""]
 
-    def walk(model: type[BaseModel], prefix: str) -> None:
+    def models_in(ann: Any) -> list[type[BaseModel]]:
+        """The spec models a field holds: one, or each member of a union (``train.model``)."""
+        out = []
+        for a in getattr(ann, "__args__", (ann,)):
+            a = typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a
+            if isinstance(a, type) and issubclass(a, BaseModel):
+                out.append(a)
+        return out
+
+    def walk(model: type[BaseModel], prefix: str, label: str = "") -> None:
         rows, nested = [], []
         for name, f in model.model_fields.items():
             ann = f.annotation
-            sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            subs = models_in(ann)
+            sub = subs[0] if subs else None
             path = f"{prefix}{name}"
             if f.is_required():
                 default = "required"
@@ -615,12 +730,15 @@ def reference_markdown() -> str:
                 default = f"`{f.default}`"
             typ = "section" if sub else str(ann).replace("typing.", "").replace("pydantic.types.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
             rows.append(f"| `{path}` | {typ} | {default} | {f.description or ''} |")
-            if sub:
-                nested.append((sub, path + "."))
-        lines.extend([f"## `{prefix.rstrip('.') or '(top level)'}`", "", model.__doc__.strip().splitlines()[0] if model.__doc__ else "", "",
+            if len(subs) > 1:  # a union chosen by `arch`: one table per architecture
+                nested += [(s, path + ".", f" (arch: {typing.get_args(s.model_fields['arch'].annotation)[0]})")
+                           for s in subs]
+            elif sub:
+                nested.append((sub, path + ".", ""))
+        lines.extend([f"## `{prefix.rstrip('.') or '(top level)'}`{label}", "", model.__doc__.strip().splitlines()[0] if model.__doc__ else "", "",
                       "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
-        for sub, p in nested:
-            walk(sub, p)
+        for sub, p, lab in nested:
+            walk(sub, p, lab)
 
     walk(JobSpec, "")
     return "\n".join(lines)

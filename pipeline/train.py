@@ -69,7 +69,7 @@ from pipeline.errors import PipelineError, user_error_line
 from pipeline.models import build_discriminator, build_generator
 from pipeline.models.text_encoder import Features, caption, caption_classes, featurize, with_classes
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
-from pipeline.specs import JobSpec, TrainSpec, uri_scheme
+from pipeline.specs import JobSpec, TrainSpec, is_text_model, uri_scheme
 from pipeline.storage import Store, StorageError, is_published, open_fs, package_versions, sha256
 
 CHECKPOINT_FORMAT = "aigc-checkpoint/1"
@@ -426,13 +426,19 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Non
 def save_checkpoint(directory: str, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
                     opt_d: torch.optim.Optimizer, state: dict, scaler: Any = None) -> dict:
     """Write models, optimizers and state.json (with each file's size and sha256) into ``directory``."""
+    return save_parts(directory, {"G": G, "D": D}, {"G": opt_g, "D": opt_d}, state, scaler)
+
+
+def save_parts(directory: str, parts: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+               state: dict, scaler: Any = None) -> dict:
+    """:func:`save_checkpoint` for any named models and optimizers (the text model has one part, "LM")."""
     from safetensors.torch import save
 
     models = {f"{name}.{k}": v.detach().cpu().contiguous()
-              for name, m in (("G", _unwrap(G)), ("D", _unwrap(D))) for k, v in m.state_dict().items()}
+              for name, m in parts.items() for k, v in _unwrap(m).state_dict().items()}
     optim: dict[str, torch.Tensor] = {}
     groups: dict[str, Any] = {}
-    for name, opt in (("G", opt_g), ("D", opt_d)):
+    for name, opt in optimizers.items():
         sd = opt.state_dict()
         for idx, st in sd["state"].items():
             for k, v in st.items():
@@ -504,10 +510,11 @@ def _safetensors(data: bytes, name: str, where: str) -> tuple[dict[str, torch.Te
     return tensors, dict(header.get("__metadata__") or {})
 
 
-def load_checkpoint(directory: str, where: str | None = None) -> LoadedCheckpoint:
+def load_checkpoint(directory: str, where: str | None = None, parts: tuple[str, ...] = ("G", "D")) -> LoadedCheckpoint:
     """Read and verify a checkpoint folder (sizes and sha256 from state.json, then safetensors).
 
     Any problem is a PipelineError naming the file. Only JSON and safetensors are parsed.
+    ``parts``: the optimizers state.json must hold (the GAN's G and D; the text model's LM).
     """
     where = (where or directory).rstrip("/")
     raw = _read_bytes(directory, STATE_FILE, where)
@@ -516,7 +523,7 @@ def load_checkpoint(directory: str, where: str | None = None) -> LoadedCheckpoin
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError("format")
         files = state["files"]
-        int(state["epoch"]), int(state["global_step"]), state["param_groups"]["G"], state["param_groups"]["D"]
+        int(state["epoch"]), int(state["global_step"]), [state["param_groups"][part] for part in parts]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise PipelineError(f"{where}/{STATE_FILE}: not an {CHECKPOINT_FORMAT} state file (truncated or corrupt)") from None
     blobs = {}
@@ -937,6 +944,10 @@ def train(job: JobSpec, *, on_progress: Callable[[Progress], None] | None = None
         found = existing_package(job)
         if found:  # the run we waited for made it
             return _skipped(job, found, started)
+        if is_text_model(t.model):  # the byte-level GPT: same run folder, lock and package, its own loop
+            from pipeline.train_text import train_text_locked
+
+            return train_text_locked(job, run, on_progress, started)
         return _train_locked(job, run, on_progress, started)
 
 

@@ -1,4 +1,7 @@
-"""Model registry: architecture name → (generator builder, discriminator builder)."""
+"""Model registry: architecture name → (generator builder, discriminator builder).
+
+A text model (``bytegpt``) has no discriminator; its "generator" is the byte-level GPT.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ from torch import nn
 
 from pipeline.specs import ModelSpec
 
-from . import dcgan
+from . import dcgan, textgen
 
 REGISTRY: dict[str, tuple[Callable[[ModelSpec], nn.Module], Callable[[ModelSpec], nn.Module]]] = {
     "dcgan": (dcgan.Generator, dcgan.Discriminator),
+    "bytegpt": (textgen.ByteGPT, None),
 }
 
 
@@ -20,4 +24,7 @@ def build_generator(cfg: ModelSpec) -> nn.Module:
 
 
 def build_discriminator(cfg: ModelSpec) -> nn.Module:
-    return REGISTRY[cfg.arch][1](cfg)
+    builder = REGISTRY[cfg.arch][1]
+    if builder is None:
+        raise ValueError(f"architecture '{cfg.arch}' has no discriminator")
+    return builder(cfg)
