@@ -40,6 +40,8 @@ How it works
 * Export: the generator of the last checkpoint becomes ``<root>/models/<job>/<version>/`` (see
   :mod:`pipeline.package`); ``version`` defaults to the first 12 hex digits of the train spec's
   fingerprint, and :func:`existing_package` finds a package already trained from the same spec.
+* Text models (``train.model.arch: bytegpt``) use all of this with their own loop and export:
+  :mod:`pipeline.train_text`.
 """
 
 from __future__ import annotations
