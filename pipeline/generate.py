@@ -357,6 +357,8 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
 
         return run_complete(job, pkg, store, model_uri=model_uri, date=date, address=address, progress=progress,
                             log=log, t0=t0)
+    if gen.text is not None:
+        raise PipelineError(f"generate.text: applies to a text model; the model at {model_uri} is an image model")
     cfg_model = pkg.config
     num_classes = cfg_model.num_classes if cfg_model.conditional else None
     if gen.prompts is not None and not cfg_model.conditional:

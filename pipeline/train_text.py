@@ -164,7 +164,7 @@ def sample_text(model: torch.nn.Module, t: TrainSpec) -> str:
     out = []
     for i, prompt in enumerate(SAMPLE_PROMPTS):
         c = complete(m, prompt.encode(), max_new_tokens=min(96, t.model.block_size), temperature=0.8, top_k=40,
-                     seed=_mix(t.seed, "sample", i))
+                     seed=_mix(t.seed, "sample", i), device=next(m.parameters()).device)
         out.append(f"--- {prompt!r} ({c.stop})\n{prompt}{c.data.decode('utf-8', 'replace')}\n")
     m.train(was)
     return "".join(out)

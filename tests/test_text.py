@@ -323,6 +323,14 @@ def test_text_generation_errors_are_one_line(ray_session, text_pkg, tmp_path):
     r = CliRunner().invoke(app, ["generate", str(spec), "--date", DATE])
     assert r.exit_code == 1 and "generate.seeds: the model at" in r.output and "is a text model (bytegpt)" in r.output
     assert len(r.output.strip().splitlines()) == 1
+    # and the other way round: text sampling settings for an image model
+    from helpers import make_package
+
+    image = gen_job(tmp_path, make_package(tmp_path / "img"), str(bad))
+    spec.write_text(yaml.safe_dump(image))
+    r = CliRunner().invoke(app, ["generate", str(spec), "--date", DATE])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"error: generate.text: applies to a text model; the model at {tmp_path / 'img'} is an image model"]
 
 
 # --------------------------------------------------------------------------------------------- training (3 fits)
