@@ -78,7 +78,6 @@ CHECKPOINT_FORMAT = "aigc-checkpoint/1"
 MODELS_FILE = "models.safetensors"
 OPTIM_FILE = "optimizers.safetensors"
 STATE_FILE = "state.json"
-SAMPLES_FILE = "samples.png"
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_EVERY_S = 2.0
 GRID = 8  # the sample grid is GRID x GRID images
@@ -617,19 +616,8 @@ def train_loop_per_worker(config: dict) -> None:
     te = t.model.text_encoder if conditional else None
     classes = caption_classes(t.model, cfg.classes)
     start_epoch, global_step, history, resumed_from = 0, 0, [], None
-    ck, rng = None, None
-    chosen = [None]
-    if rank == 0:
-        found = resume_point(cfg.run, ray.train.get_checkpoint())
-        chosen = [found.path if found is not None else None]
-    if world > 1:  # Distributed: every rank resumes from the checkpoint rank 0 chose
-        torch.distributed.broadcast_object_list(chosen, src=0)
-    checkpoint = ray.train.Checkpoint(chosen[0], filesystem=cfg.run.fs) if chosen[0] else None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            where = f"{cfg.run.uri}/{os.path.basename(checkpoint.path.rstrip('/'))}"
-            ck = load_checkpoint(d, where)
-            rng = load_rng(d, rank, where)
+    ck, rng = checkpoint_on_worker(cfg, rank, world)
+    if ck is not None:
         restore(ck, G, D)
         resumed_from = ck.epoch
         start_epoch, global_step, history = ck.epoch + 1, int(ck.state["global_step"]), list(ck.state["history"])
@@ -694,22 +682,57 @@ def train_loop_per_worker(config: dict) -> None:
         history.append(metrics)
 
         # 3. checkpoint: rank 0 writes models, optimizers, state and samples; every rank its RNG
-        with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as tmp:
-            if rank == 0:
-                state = {"epoch": epoch, "global_step": global_step, "history": history, "world_size": world,
-                         "steps_per_epoch": steps, "num_examples": n, "data_fingerprint": cfg.data_fingerprint,
-                         "train_fingerprint": cfg.job.fingerprint("train"), "spec": cfg.job.masked(),
-                         "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-                save_checkpoint(tmp, G, D, opt_g, opt_d, state, scaler)
-                png = sample_grid(G, t, device)
-                with open(os.path.join(tmp, SAMPLES_FILE), "wb") as f:
-                    f.write(png)
-                _write_run_file(cfg, f"samples/{checkpoint_dir_name(epoch)}.png", png)
-            save_rng(tmp, rank)
-            # Distributed: every rank reports (a barrier); Ray merges their files into one checkpoint folder.
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=checkpoint_dir_name(epoch))
+        def write(tmp: str, state: dict) -> None:
+            save_checkpoint(tmp, G, D, opt_g, opt_d, state, scaler)
+            write_samples(cfg, tmp, epoch, sample_grid(G, t, device), "png")
+
+        report_epoch(cfg, epoch, rank, metrics, history, write, world_size=world, steps_per_epoch=steps, num_examples=n)
         progress(Progress("epoch", epoch, t.epochs, steps, steps, global_step, metrics))
+
+
+def checkpoint_on_worker(cfg: LoopConfig, rank: int, world: int, parts: tuple[str, ...] = ("G", "D")
+                         ) -> tuple[LoadedCheckpoint | None, tuple | None]:
+    """The checkpoint this worker resumes from (rank 0 chooses; after a resume or a worker
+    restart) and this rank's RNG state in it; (None, None) for a fresh start."""
+    import ray.train
+
+    chosen = [None]
+    if rank == 0:
+        found = resume_point(cfg.run, ray.train.get_checkpoint())
+        chosen = [found.path if found is not None else None]
+    if world > 1:  # Distributed: every rank resumes from the checkpoint rank 0 chose
+        torch.distributed.broadcast_object_list(chosen, src=0)
+    if not chosen[0]:
+        return None, None
+    checkpoint = ray.train.Checkpoint(chosen[0], filesystem=cfg.run.fs)
+    with checkpoint.as_directory() as d:
+        where = f"{cfg.run.uri}/{os.path.basename(checkpoint.path.rstrip('/'))}"
+        return load_checkpoint(d, where, parts=parts), load_rng(d, rank, where)
+
+
+def write_samples(cfg: LoopConfig, directory: str, epoch: int, data: bytes, ext: str) -> None:
+    """An epoch's samples: into its checkpoint, and beside the run (``samples/epoch_NNNN.<ext>``)."""
+    with open(os.path.join(directory, f"samples.{ext}"), "wb") as f:
+        f.write(data)
+    _write_run_file(cfg, f"samples/{checkpoint_dir_name(epoch)}.{ext}", data)
+
+
+def report_epoch(cfg: LoopConfig, epoch: int, rank: int, metrics: dict[str, Any], history: list[dict],
+                 write: Callable[[str, dict], None], **state: Any) -> None:
+    """End an epoch on one worker: rank 0 calls ``write(directory, state)`` to put the models,
+    optimizers, ``state`` and samples into the checkpoint; every rank adds its RNG; all report."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as tmp:
+        if rank == 0:
+            full = {"epoch": epoch, "global_step": metrics["global_step"], "history": history, **state,
+                    "data_fingerprint": cfg.data_fingerprint, "train_fingerprint": cfg.job.fingerprint("train"),
+                    "spec": cfg.job.masked(), "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            write(tmp, full)
+        save_rng(tmp, rank)
+        # Distributed: every rank reports (a barrier); Ray merges their files into one checkpoint folder.
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=checkpoint_dir_name(epoch))
 
 
 # --------------------------------------------------------------------------------------------- loopback rendezvous
@@ -965,8 +988,6 @@ def _train_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Progres
                   started: float) -> TrainResult:
     t = job.train
     assert t is not None
-    version = package_version(job)
-    pkg_uri = train_package_uri(job)
     data = load_data(t.data, t.model, job.storage)
     if t.model.conditional and not data.labelled:
         raise PipelineError(f"train.model.conditional: needs class labels, but {data.uri or data.source} has none "
@@ -979,34 +1000,55 @@ def _train_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Progres
         raise PipelineError(f"train.batch_size: {t.batch_size} per worker, but {data.count} examples over "
                             f"{t.scaling.num_workers} worker(s) give only {per_worker} each; lower it")
 
-    # Resume: pick and validate the checkpoint the workers will continue from, here, once.
-    latest = resume_point(run, _latest_checkpoint(run)) if t.checkpoint.resume else None
-    resumed_from = None
-    if latest is not None:
-        with latest.as_directory() as d:
-            ck = load_checkpoint(d, f"{run.uri}/{os.path.basename(latest.path.rstrip('/'))}")
-        _check_resumable(ck, job, data)
-        resumed_from = ck.epoch
-    if resumed_from is None or resumed_from + 1 < t.epochs:
-        result = _run_fit(job, run, data, on_progress)
-        latest = result.checkpoint
-        _drop_untracked(run, result)
-    if latest is None:
-        raise PipelineError(f"{run.uri}: training finished without a checkpoint")
-    with latest.as_directory() as d:
-        ck = load_checkpoint(d, f"{run.uri}/{os.path.basename(latest.path.rstrip('/'))}")
+    ck, resumed_from = fit_from_last_checkpoint(job, run, data, on_progress)
 
     # Export the generator of the last checkpoint.
     G = build_generator(t.model)
     restore(ck, G, build_discriminator(t.model))
+    # A text generator's package names its classes, so a bare label captions the same way everywhere.
+    return export_result(job, run, data, ck, resumed_from, started, G, with_classes(t.model, data.classes))
+
+
+def fit_from_last_checkpoint(job: JobSpec, run: RunLocation, data: Any, on_progress: Callable[[Progress], None] | None,
+                             loop: Callable[[dict], None] | None = None, parts: tuple[str, ...] = ("G", "D")
+                             ) -> tuple[LoadedCheckpoint, int | None]:
+    """Resume from the newest complete checkpoint (checked here, once) or start; fit up to
+    ``train.epochs``; return the last checkpoint and the epoch this call resumed after (or None)."""
+    t = job.train
+    assert t is not None
+
+    def load(latest: Any) -> LoadedCheckpoint:
+        with latest.as_directory() as d:
+            return load_checkpoint(d, f"{run.uri}/{os.path.basename(latest.path.rstrip('/'))}", parts=parts)
+
+    latest = resume_point(run, _latest_checkpoint(run)) if t.checkpoint.resume else None
+    resumed_from = None
+    if latest is not None:
+        ck = load(latest)
+        _check_resumable(ck, job, data)
+        resumed_from = ck.epoch
+    if resumed_from is None or resumed_from + 1 < t.epochs:
+        result = _run_fit(job, run, data, on_progress, loop=loop)
+        latest = result.checkpoint
+        _drop_untracked(run, result)
+    if latest is None:
+        raise PipelineError(f"{run.uri}: training finished without a checkpoint")
+    return load(latest), resumed_from
+
+
+def export_result(job: JobSpec, run: RunLocation, data: Any, ck: LoadedCheckpoint, resumed_from: int | None,
+                  started: float, model: nn.Module, config: Any, **meta: Any) -> TrainResult:
+    """Export ``model`` (restored from ``ck``) as the job's package; ``meta`` adds to its model.json."""
+    t = job.train
+    assert t is not None
+    version, pkg_uri = package_version(job), train_package_uri(job)
     history = ck.state["history"]
     meta = {"job": job.name, "version": version, "train_fingerprint": job.fingerprint("train"),
             "train": t.model_dump(mode="json", exclude_none=True), "data": data.summary(), "metrics": history,
             "epochs": ck.epoch + 1, "global_step": int(ck.state["global_step"]), "run": run.uri,
-            "checkpoint": ck.where, "versions": package_versions(),
+            "checkpoint": ck.where, **meta, "versions": package_versions(),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    # A text generator's package names its classes, so a bare label captions the same way everywhere.
-    model_sha = export_package(pkg_uri, G, with_classes(t.model, data.classes), meta, job.storage, job.name)
+    model_sha = export_package(pkg_uri, model, config, meta, job.storage, job.name)
     first_run = 0 if resumed_from is None else resumed_from + 1
     return TrainResult(package_uri=pkg_uri, model_sha256=model_sha, version=version, run_uri=run.uri,
                        epochs=ck.epoch + 1, global_step=int(ck.state["global_step"]), history=history,

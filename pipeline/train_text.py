@@ -34,11 +34,8 @@ How it works
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import math
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -49,18 +46,14 @@ import torch
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
 from pipeline.errors import PipelineError
 from pipeline.models.textgen import SAMPLER, TOKENIZER, ByteGPT, complete, score_segments
-from pipeline.package import export_package, train_package_uri
 from pipeline.specs import JobSpec, LMSpec, TrainSpec
-from pipeline.storage import package_versions
 from pipeline.textdata import Corpus, load_corpus, unigram_nll
-from pipeline.train import (LoopConfig, Progress, RunLocation, TrainResult, _check_resumable, _drop_untracked,
-                            _latest_checkpoint, _mix, _quiet_worker_logs, _run_fit, _unwrap, _write_run_file,
-                            checkpoint_dir_name, epoch_indices, load_checkpoint, load_rng, package_version,
-                            resume_point, save_parts, save_rng, set_rng_state, steps_per_epoch, PROGRESS_EVERY_S)
+from pipeline.train import (LoopConfig, Progress, RunLocation, TrainResult, _mix, _quiet_worker_logs, _unwrap,
+                            checkpoint_on_worker, epoch_indices, export_result, fit_from_last_checkpoint, report_epoch,
+                            save_parts, set_rng_state, steps_per_epoch, write_samples, PROGRESS_EVERY_S)
 
 PART = "LM"  # the model's name in the checkpoint files
 CHUNK = 1 << 16  # tokens per dataset row on the way to the workers
-SAMPLES_FILE = "samples.txt"
 SAMPLE_PROMPTS = ("Return the ", "This module ")
 
 
@@ -203,19 +196,8 @@ def text_loop_per_worker(config: dict) -> None:
     # 2. the model from the seed, or from the checkpoint rank 0 chose (after a resume or a restart)
     model = build_lm(t)
     start_epoch, global_step, history, resumed_from = 0, 0, [], None
-    ck, rng = None, None
-    chosen = [None]
-    if rank == 0:
-        found = resume_point(cfg.run, ray.train.get_checkpoint())
-        chosen = [found.path if found is not None else None]
-    if world > 1:  # Distributed: every rank resumes from the checkpoint rank 0 chose
-        torch.distributed.broadcast_object_list(chosen, src=0)
-    if chosen[0]:
-        checkpoint = ray.train.Checkpoint(chosen[0], filesystem=cfg.run.fs)
-        with checkpoint.as_directory() as d:
-            where = f"{cfg.run.uri}/{os.path.basename(checkpoint.path.rstrip('/'))}"
-            ck = load_checkpoint(d, where, parts=(PART,))
-            rng = load_rng(d, rank, where)
+    ck, rng = checkpoint_on_worker(cfg, rank, world, parts=(PART,))
+    if ck is not None:
         restore_lm(ck, model)
         resumed_from = ck.epoch
         start_epoch, global_step, history = ck.epoch + 1, int(ck.state["global_step"]), list(ck.state["history"])
@@ -279,22 +261,13 @@ def text_loop_per_worker(config: dict) -> None:
         history.append(metrics)
 
         # 4. checkpoint: rank 0 writes model, optimizer, state and samples; every rank its RNG
-        with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as tmp:
-            if rank == 0:
-                state = {"epoch": epoch, "global_step": global_step, "history": history, "world_size": world,
-                         "steps_per_epoch": steps, "num_examples": n, "data_fingerprint": cfg.data_fingerprint,
-                         "train_fingerprint": cfg.job.fingerprint("train"), "spec": cfg.job.masked(),
-                         "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-                save_parts(tmp, {PART: model}, {PART: opt}, state)
-                with torch.random.fork_rng(devices=[]):  # sampling draws from its own generators only
-                    text = sample_text(model, t)
-                with open(os.path.join(tmp, SAMPLES_FILE), "w", encoding="utf-8") as f:
-                    f.write(text)
-                _write_run_file(cfg, f"samples/{checkpoint_dir_name(epoch)}.txt", text.encode("utf-8"))
-            save_rng(tmp, rank)
-            # Distributed: every rank reports (a barrier); Ray merges their files into one checkpoint folder.
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=checkpoint_dir_name(epoch))
+        def write(tmp: str, state: dict) -> None:
+            save_parts(tmp, {PART: model}, {PART: opt}, state)
+            with torch.random.fork_rng(devices=[]):  # sampling draws from its own generators only
+                text = sample_text(model, t)
+            write_samples(cfg, tmp, epoch, text.encode("utf-8"), "txt")
+
+        report_epoch(cfg, epoch, rank, metrics, history, write, world_size=world, steps_per_epoch=steps, num_examples=n)
         progress(TextProgress("epoch", epoch, t.epochs, steps, steps, global_step, metrics))
 
 
@@ -304,8 +277,6 @@ def train_text_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Pro
     """Corpus → Ray Train fit (resuming) → text model package; called by :func:`pipeline.train.train`."""
     t = job.train
     assert t is not None
-    version = package_version(job)
-    pkg_uri = train_package_uri(job)
     data = load_text_data(t, job.storage)
     corpus, block = data.corpus, t.model.block_size
     n = windows(len(corpus.train), block)
@@ -320,35 +291,9 @@ def train_text_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Pro
         raise PipelineError(f"train.batch_size: {t.batch_size} per worker, but {n:,} windows of {block + 1} tokens over "
                             f"{t.scaling.num_workers} worker(s) give only {per_worker} each; lower it")
 
-    # Resume: pick and validate the checkpoint the workers will continue from, here, once.
-    latest = resume_point(run, _latest_checkpoint(run)) if t.checkpoint.resume else None
-    resumed_from = None
-    if latest is not None:
-        with latest.as_directory() as d:
-            ck = load_checkpoint(d, f"{run.uri}/{os.path.basename(latest.path.rstrip('/'))}", parts=(PART,))
-        _check_resumable(ck, job, data)
-        resumed_from = ck.epoch
-    if resumed_from is None or resumed_from + 1 < t.epochs:
-        result = _run_fit(job, run, data, on_progress, loop=text_loop_per_worker)
-        latest = result.checkpoint
-        _drop_untracked(run, result)
-    if latest is None:
-        raise PipelineError(f"{run.uri}: training finished without a checkpoint")
-    with latest.as_directory() as d:
-        ck = load_checkpoint(d, f"{run.uri}/{os.path.basename(latest.path.rstrip('/'))}", parts=(PART,))
+    ck, resumed_from = fit_from_last_checkpoint(job, run, data, on_progress, loop=text_loop_per_worker, parts=(PART,))
 
     # Export the model of the last checkpoint.
     model = ByteGPT(t.model)
     restore_lm(ck, model)
-    history = ck.state["history"]
-    meta = {"job": job.name, "version": version, "train_fingerprint": job.fingerprint("train"),
-            "train": t.model_dump(mode="json", exclude_none=True), "data": data.summary(), "metrics": history,
-            "epochs": ck.epoch + 1, "global_step": int(ck.state["global_step"]), "run": run.uri,
-            "checkpoint": ck.where, "tokenizer": TOKENIZER, "sampler": SAMPLER, "versions": package_versions(),
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    model_sha = export_package(pkg_uri, model, t.model, meta, job.storage, job.name)
-    first_run = 0 if resumed_from is None else resumed_from + 1
-    return TrainResult(package_uri=pkg_uri, model_sha256=model_sha, version=version, run_uri=run.uri,
-                       epochs=ck.epoch + 1, global_step=int(ck.state["global_step"]), history=history,
-                       epochs_run=list(range(first_run, ck.epoch + 1)), resumed_from=resumed_from, skipped=False,
-                       seconds=time.perf_counter() - started, data=data.summary())
+    return export_result(job, run, data, ck, resumed_from, started, model, t.model, tokenizer=TOKENIZER, sampler=SAMPLER)
