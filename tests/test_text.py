@@ -343,6 +343,11 @@ def demo_run(ray_session, tmp_path_factory):
     return {"root": root, "result": r, "job": load_job(DEMO, [f"storage.root={root}", *TINY])}
 
 
+def package_dir(root: Path) -> Path:
+    """The demo's model package (beside it, ``<version>.eval/`` holds its evaluations)."""
+    return next(p for p in (root / "models" / "text-demo").iterdir() if not p.name.endswith(".eval"))
+
+
 def test_demo_job_runs_end_to_end_at_tiny_size(demo_run):
     r, root = demo_run["result"], demo_run["root"]
     assert r.exit_code == 0, r.output
@@ -350,7 +355,7 @@ def test_demo_job_runs_end_to_end_at_tiny_size(demo_run):
     assert "starting: epoch 1/2 on 2 worker(s), 1 node(s)" in out
     assert "epoch 2/2 done  loss " in out and "held-out perplexity" in out
     assert "evaluate  done" in out and "gate passed" in out and "verify    ok" in out
-    pkg = load_package(str(next((root / "models" / "text-demo").iterdir())))
+    pkg = load_package(str(package_dir(root)))
     assert pkg.kind == "text" and pkg.meta["tokenizer"]["vocab_size"] == 257 and pkg.meta["epochs"] == 2
     assert pkg.meta["data"]["heldout_tokens"] > 0 and pkg.meta["data"]["train_tokens"] + pkg.meta["data"]["heldout_tokens"] == 120000
     gen_out = root / "generated" / "text-demo" / DATE
@@ -370,7 +375,7 @@ def test_demo_job_runs_end_to_end_at_tiny_size(demo_run):
 def test_trained_model_beats_the_unigram_baseline(demo_run):
     """Held-out perplexity of the tiny model is below the byte-frequency model's, on the same bytes."""
     root = demo_run["root"]
-    uri = str(next((root / "models" / "text-demo").iterdir()))
+    uri = str(package_dir(root))
     r = CliRunner().invoke(app, ["evaluate", uri, "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output[r.output.index("{"):])
@@ -404,7 +409,7 @@ def test_text_resume_equals_an_uninterrupted_run(demo_run, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in h.items() if k not in ("seconds", "tokens/s")} for h in res.history]
     assert strip == [{k: v for k, v in h.items() if k not in ("seconds", "tokens/s")} for h in straight.state["history"]]
-    assert res.model_sha256 == load_package(str(next((demo_run["root"] / "models" / "text-demo").iterdir()))).model_sha256
+    assert res.model_sha256 == load_package(str(package_dir(demo_run["root"]))).model_sha256
 
 
 def test_bad_corpus_stops_training_with_one_line(ray_session, tmp_path):
