@@ -174,6 +174,8 @@ class ModelSpec(Strict):
     d_width: int = Field(64, ge=4, le=1024, description="Discriminator base feature width.")
     conditional: bool = Field(False, description="Class-conditioned G and D (label embedding / projection).")
     num_classes: int = Field(10, ge=2, le=100_000, description="Number of classes when conditional.")
+    g_upsample: Literal["transposed", "nearest", "bilinear"] = Field("transposed", description="How G doubles its feature maps: `transposed` (DCGAN's stride-2 transposed conv) or a `nearest`/`bilinear` upsample followed by a 3x3 conv (no checkerboard artifacts).")
+    d_minibatch_std: bool = Field(False, description="D appends the batch's feature standard deviation (ProGAN's minibatch-stddev) before its output, so a batch of look-alikes is easy to tell from real variety.")
     text_encoder: TextEncoderSpec | None = Field(None, description="Condition G on prompt text instead of a label embedding (needs conditional: true).")
 
     @model_validator(mode="after")
@@ -293,6 +295,8 @@ class TrainSpec(Strict):
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
     beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for init, data order and noise.")
+    ema: float = Field(0.0, ge=0, lt=1, description="GAN: decay of an exponential moving average of G's weights, updated every step (ramped up as min(ema, (1+step)/(10+step))); checkpoints carry it and the model package exports it, with batch-norm statistics recomputed for it. 0: off, G is exported as trained.")
+    augment: list[Literal["translation", "cutout"]] = Field(default_factory=list, description="GAN: differentiable augmentations (DiffAugment) applied to real and generated images alike before D, so D cannot memorize a small data set: `translation` (shift by up to 1/8 of the side), `cutout` (blank a square of half the side).")
     mixed_precision: bool = Field(True, description="bf16/fp16 autocast when training on GPU (ignored on CPU).")
     scaling: TrainScaling = Field(default_factory=TrainScaling, description="Ray Train scaling.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and recovery.")
@@ -308,6 +312,8 @@ class TrainSpec(Strict):
             raise ValueError("train.model.arch: source 'text' trains a text model; set train.model.arch: bytegpt")
         if self.lm is not None and not text_model:
             raise ValueError("train.lm: applies to a bytegpt model only (train.model.arch: bytegpt)")
+        if text_model and (self.ema or self.augment):
+            raise ValueError("train.ema, train.augment: apply to a GAN only, not to a bytegpt model")
         return self
 
 

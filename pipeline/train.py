@@ -19,14 +19,18 @@ How it works
   decoded set: N x C x S x S bytes (1.8 MB for digits at 32x32, 600 MB for 50k RGB 64x64).
 * Models: G and D are wrapped in DDP separately (two ``prepare_model`` calls), each with its own
   Adam optimizer. D's gradients from the G update are never all-reduced (``no_sync``).
-* Randomness: init from ``train.seed``; the noise of (epoch, rank) from its own generator. So a
-  run that resumes at epoch k trains exactly what an uninterrupted run trains from epoch k.
+* Randomness: init from ``train.seed``; the noise (and ``train.augment``'s draws) of (epoch,
+  rank) from its own generator. So a run that resumes at epoch k trains exactly what an
+  uninterrupted run trains from epoch k.
+* Averaged G (``train.ema``): every rank keeps a moving average of G's weights, updated after
+  each step; its BN statistics are recomputed from seeded samples at every checkpoint. It is
+  what the sample grids show and what the model package exports.
 * Checkpoints: one per epoch in ``<storage.root>/checkpoints/<job name>/epoch_NNNN/``, the last
   ``checkpoint.keep`` kept by Ray. Safetensors and JSON only, nothing is ever unpickled:
-  ``models.safetensors`` (G, D), ``optimizers.safetensors`` + ``state.json`` (param groups, epoch,
-  global step, metrics history, spec, file checksums), ``rng-rank<r>.safetensors`` (torch, numpy,
-  python RNG of each rank) and ``samples.png`` (a grid from fixed noise; every epoch's grid is also
-  kept in ``samples/``).
+  ``models.safetensors`` (G, D, and G_ema with ``train.ema``), ``optimizers.safetensors`` +
+  ``state.json`` (param groups, epoch, global step, metrics history, spec, file checksums),
+  ``rng-rank<r>.safetensors`` (torch, numpy, python RNG of each rank) and ``samples.png`` (a
+  grid from fixed noise; every epoch's grid is also kept in ``samples/``).
 * Resume: Ray Train V2 keeps ``checkpoint_manager_snapshot.json`` in the run folder; a new
   ``RunConfig`` with the same ``name`` and ``storage_path`` loads it, and
   ``ray.train.get_checkpoint()`` returns the latest registered checkpoint. Ray registers a
@@ -47,6 +51,7 @@ How it works
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as dt
 import hashlib
 import io
@@ -69,6 +74,8 @@ import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything 
 from pipeline.data import TrainData, load_data, pyarrow_fs, read_all, to_float, to_uint8
 from pipeline.errors import PipelineError, user_error_line
 from pipeline.models import build_discriminator, build_generator
+from pipeline.models.diffaugment import diff_augment
+from pipeline.models.ema import ema_update, recalibrate_bn
 from pipeline.models.text_encoder import Features, caption, caption_classes, featurize, with_classes
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
 from pipeline.specs import JobSpec, TrainSpec, is_text_model, uri_scheme
@@ -78,6 +85,7 @@ CHECKPOINT_FORMAT = "aigc-checkpoint/1"
 MODELS_FILE = "models.safetensors"
 OPTIM_FILE = "optimizers.safetensors"
 STATE_FILE = "state.json"
+EMA_PART = "G_ema"  # models.safetensors: the moving average of G's weights (train.ema)
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_EVERY_S = 2.0
 GRID = 8  # the sample grid is GRID x GRID images
@@ -300,15 +308,47 @@ def build_models(t: TrainSpec) -> tuple[nn.Module, nn.Module]:
         return build_generator(t.model), build_discriminator(t.model)
 
 
+def build_ema(t: TrainSpec, G: nn.Module, ck: LoadedCheckpoint | None = None,
+              device: torch.device | None = None) -> nn.Module | None:
+    """The moving average of G's weights (``train.ema``): the checkpoint's, else a copy of G; None when off.
+
+    Call it after G is restored and before G is wrapped in DDP. Every rank keeps one (all
+    update it alike); rank 0 checkpoints it.
+    """
+    if not t.ema:
+        return None
+    avg = copy.deepcopy(_unwrap(G))
+    if ck is not None and ck.part(EMA_PART):
+        _load_part(ck, EMA_PART, avg)
+    return avg.to(device).eval() if device is not None else avg.eval()  # only ema_update moves its parameters
+
+
+def ema_bn(G_ema: nn.Module, t: TrainSpec) -> nn.Module:
+    """Recompute the averaged G's batch-norm statistics (seeded: a function of its weights alone)."""
+    return recalibrate_bn(G_ema, torch.Generator().manual_seed(_mix(t.seed, "ema-bn")))
+
+
+def augmenter(t: TrainSpec, epoch: int, rank: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``train.augment`` as one function for this epoch and rank; its draws come from its own generator."""
+    if not t.augment:
+        return None
+    gen = torch.Generator().manual_seed(_mix(t.seed, "augment", epoch, rank))
+    return lambda x: diff_augment(x, t.augment, gen)
+
+
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              real: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor,
-             autocast: Any = None, scaler: Any = None, text: Features | None = None) -> torch.Tensor:
+             autocast: Any = None, scaler: Any = None, text: Features | None = None,
+             augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """One DCGAN step (non-saturating loss). Returns [loss_D, loss_G, D(x), D(G(z)), loss_text] as a tensor.
 
     With ``text`` (featurized captions of ``labels``), G's text encoder also learns to classify the
     captions: its cross-entropy joins G's loss (the encoder's own parameters get only that gradient).
+    With ``augment`` (DiffAugment), D sees every real and generated batch through it, G's
+    gradients flowing back through it.
     """
     autocast = autocast or contextlib.nullcontext
+    aug = augment or (lambda x: x)
     ones = torch.ones(real.shape[0], device=real.device)
     zeros = torch.zeros_like(ones)
 
@@ -319,8 +359,8 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             fake, loss_text = G(z, labels, text=text, text_targets=labels)
         else:
             fake, loss_text = G(z, labels), torch.zeros((), device=real.device)
-        logit_real = D(real, labels)
-        logit_fake = D(fake.detach(), labels)
+        logit_real = D(aug(real), labels)
+        logit_fake = D(aug(fake.detach()), labels)
         loss_d = (F.binary_cross_entropy_with_logits(logit_real.float(), ones)
                   + F.binary_cross_entropy_with_logits(logit_fake.float(), zeros))
     if scaler is not None:
@@ -333,7 +373,7 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
     # 2. update G: make D call G(z) real
     opt_g.zero_grad(set_to_none=True)
     with _no_sync(D), autocast():
-        loss_g = F.binary_cross_entropy_with_logits(D(fake, labels).float(), ones)
+        loss_g = F.binary_cross_entropy_with_logits(D(aug(fake), labels).float(), ones)
         if text is not None:
             loss_g = loss_g + loss_text.float()
     if scaler is not None:
@@ -425,9 +465,13 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Non
 
 
 def save_checkpoint(directory: str, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
-                    opt_d: torch.optim.Optimizer, state: dict, scaler: Any = None) -> dict:
-    """Write models, optimizers and state.json (with each file's size and sha256) into ``directory``."""
-    return save_parts(directory, {"G": G, "D": D}, {"G": opt_g, "D": opt_d}, state, scaler)
+                    opt_d: torch.optim.Optimizer, state: dict, scaler: Any = None, G_ema: nn.Module | None = None) -> dict:
+    """Write models, optimizers and state.json (with each file's size and sha256) into ``directory``.
+
+    ``G_ema`` (the moving average of G, ``train.ema``) goes into models.safetensors as ``G_ema.*``.
+    """
+    parts = {"G": G, "D": D, **({EMA_PART: G_ema} if G_ema is not None else {})}
+    return save_parts(directory, parts, {"G": opt_g, "D": opt_d}, state, scaler)
 
 
 def save_parts(directory: str, parts: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
@@ -544,13 +588,24 @@ def load_rng(directory: str, rank: int, where: str) -> tuple[dict[str, torch.Ten
     return _safetensors(_read_bytes(directory, rng_file(rank), where), rng_file(rank), where)
 
 
+def _load_part(ck: LoadedCheckpoint, name: str, m: nn.Module) -> None:
+    try:
+        _unwrap(m).load_state_dict(ck.part(name), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise PipelineError(f"{ck.where}/{MODELS_FILE}: {name} weights do not fit train.model ({first})") from None
+
+
 def restore(ck: LoadedCheckpoint, G: nn.Module, D: nn.Module) -> None:
     for name, m in (("G", G), ("D", D)):
-        try:
-            _unwrap(m).load_state_dict(ck.part(name), strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0][:200]
-            raise PipelineError(f"{ck.where}/{MODELS_FILE}: {name} weights do not fit train.model ({first})") from None
+        _load_part(ck, name, m)
+
+
+def exported_generator(ck: LoadedCheckpoint, t: TrainSpec) -> nn.Module:
+    """The generator a checkpoint exports: its moving average of G when it has one, else G."""
+    G = build_generator(t.model)
+    _load_part(ck, EMA_PART if ck.part(EMA_PART) else "G", G)
+    return G
 
 
 def restore_optimizers(ck: LoadedCheckpoint, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
@@ -621,6 +676,7 @@ def train_loop_per_worker(config: dict) -> None:
         restore(ck, G, D)
         resumed_from = ck.epoch
         start_epoch, global_step, history = ck.epoch + 1, int(ck.state["global_step"]), list(ck.state["history"])
+    G_ema = build_ema(t, G, ck, device)
     # Distributed: two separate DDP wrappers (one module holding both breaks GAN training).
     G = ray.train.torch.prepare_model(G)
     D = ray.train.torch.prepare_model(D)
@@ -651,6 +707,7 @@ def train_loop_per_worker(config: dict) -> None:
         idx = epoch_indices(n, epoch, rank, world, t.seed)
         noise = torch.Generator().manual_seed(_mix(t.seed, epoch, rank))
         captions = random.Random(_mix(t.seed, "captions", epoch, rank))  # which caption each label gets
+        augment = augmenter(t, epoch, rank)
         sums = torch.zeros(5, device=device)
         t0 = last = time.perf_counter()
         for step in range(steps):
@@ -661,9 +718,11 @@ def train_loop_per_worker(config: dict) -> None:
             text = None
             if te is not None:
                 text = featurize([caption(classes[i], captions) for i in lab.tolist()], te).to(device)
-            out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler, text)
+            out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler, text, augment)
             sums += out
             global_step += 1
+            if G_ema is not None:
+                ema_update(G_ema, _unwrap(G), t.ema, global_step)
             now = time.perf_counter()
             if rank == 0 and now - last > PROGRESS_EVERY_S:
                 last = now
@@ -683,8 +742,10 @@ def train_loop_per_worker(config: dict) -> None:
 
         # 3. checkpoint: rank 0 writes models, optimizers, state and samples; every rank its RNG
         def write(tmp: str, state: dict) -> None:
-            save_checkpoint(tmp, G, D, opt_g, opt_d, state, scaler)
-            write_samples(cfg, tmp, epoch, sample_grid(G, t, device), "png")
+            if G_ema is not None:
+                ema_bn(G_ema, t)  # its BN statistics, for the checkpoint, the grid and the export
+            save_checkpoint(tmp, G, D, opt_g, opt_d, state, scaler, G_ema)
+            write_samples(cfg, tmp, epoch, sample_grid(G_ema if G_ema is not None else G, t, device), "png")
 
         report_epoch(cfg, epoch, rank, metrics, history, write, world_size=world, steps_per_epoch=steps, num_examples=n)
         progress(Progress("epoch", epoch, t.epochs, steps, steps, global_step, metrics))
@@ -1002,9 +1063,8 @@ def _train_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Progres
 
     ck, resumed_from = fit_from_last_checkpoint(job, run, data, on_progress)
 
-    # Export the generator of the last checkpoint.
-    G = build_generator(t.model)
-    restore(ck, G, build_discriminator(t.model))
+    # Export the generator of the last checkpoint (its moving average, with train.ema).
+    G = exported_generator(ck, t)
     # A text generator's package names its classes, so a bare label captions the same way everywhere.
     return export_result(job, run, data, ck, resumed_from, started, G, with_classes(t.model, data.classes))
 
