@@ -45,8 +45,10 @@ def spec(root, name="t", epochs=EPOCHS, **over) -> dict:
         "storage": {"root": str(root)},
         "train": {
             "data": {"source": "digits", "limit": LIMIT},
-            "model": {"image_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "conditional": True},
-            "epochs": epochs, "batch_size": BATCH, "seed": 3,
+            # the demo's quality recipe too, so resume and retry are proven with EMA and DiffAugment
+            "model": {"image_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "conditional": True,
+                      "g_upsample": "nearest", "d_minibatch_std": True},
+            "epochs": epochs, "batch_size": BATCH, "seed": 3, "ema": 0.99, "augment": ["translation", "cutout"],
             "scaling": {"num_workers": WORKERS},
             "checkpoint": {"keep": 2, "max_failures": 2},
         },
@@ -240,7 +242,9 @@ def test_checkpoint_contents(full_run):
     assert st["epoch"] == 3 and st["global_step"] == EPOCHS * STEPS and st["world_size"] == 2
     assert st["spec"] == job(root, "full").masked()
     assert [h["epoch"] for h in st["history"]] == [0, 1, 2, 3]
-    assert {k.split(".", 1)[0] for k in ck.models} == {"G", "D"}
+    assert {k.split(".", 1)[0] for k in ck.models} == {"G", "D", "G_ema"}  # G_ema: train.ema's average of G
+    assert ck.models["G_ema.embed.weight"].shape == ck.models["G.embed.weight"].shape
+    assert not torch.equal(ck.models["G_ema.embed.weight"], ck.models["G.embed.weight"])
     assert any(k.endswith("running_mean") for k in ck.models)  # BN buffers too
     for name in ("G", "D"):
         opt = ck.optimizer_state(name)
