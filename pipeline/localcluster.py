@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -27,9 +29,74 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PATH=path, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
 
 
-def start(port: int, dashboard_port: int, temp_dir: str, num_cpus: int | None = None,
-          object_store_memory: int = 1_000_000_000, timeout_s: float = 60) -> str:
-    """Start the head; returns the dashboard URL once its Job API answers."""
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def pick_ports(tries: int = 50) -> tuple[int, int]:
+    """A GCS port whose next three (client server, dashboard agent, metrics) are free too, and a dashboard port."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            dash = s.getsockname()[1]
+        block = {port, port + 1, port + 2, port + 3}
+        if dash not in block and port + 3 < 65536 and all(map(_bindable, block | {dash})):
+            return port, dash
+    raise RuntimeError("no free block of 4 consecutive ports on 127.0.0.1")
+
+
+def _log_tail(temp_dir: str, lines: int = 15) -> str:
+    """The last lines of the head's error logs: why a raylet or the GCS did not come up."""
+    logs = Path(temp_dir) / "session_latest" / "logs"
+    out = []
+    for name in ("gcs_server.err", "raylet.err", "raylet.out", "dashboard_agent.log"):
+        f = logs / name
+        if f.is_file() and f.stat().st_size:
+            tail = f.read_text(errors="replace").strip().splitlines()[-lines:]
+            out.append(f"--- {f}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
+def start(port: int | None, dashboard_port: int | None, temp_dir: str, num_cpus: int | None = None,
+          object_store_memory: int = 1_000_000_000, timeout_s: float = 60, attempts: int = 3) -> str:
+    """Start the head; returns the dashboard URL once its Job API answers.
+
+    ``port`` and ``dashboard_port`` None: free ones are picked (afresh on each attempt). The head also
+    takes ``port + 1..3`` (client server, dashboard agent, metrics). `ray start` gives a raylet 30 s to
+    register with the GCS; on a loaded machine that can run out, so a failed start is stopped (its
+    processes only, by PID) and tried again, up to ``attempts`` times, before the error is raised with
+    the tail of the head's logs.
+    """
+    auto = port is None or dashboard_port is None
+    error = ""
+    for attempt in range(1, attempts + 1):
+        if auto:
+            port, dashboard_port = pick_ports()
+        taken = [p for p in (port, port + 1, port + 2, port + 3, dashboard_port) if not _bindable(p)]
+        if taken:
+            raise RuntimeError(f"ray start: port(s) {taken} on 127.0.0.1 are in use; choose other --port/--dashboard-port")
+        try:
+            return _start_once(port, dashboard_port, temp_dir, num_cpus, object_store_memory, timeout_s)
+        except RuntimeError as e:
+            error = f"{e}\n{_log_tail(temp_dir)}".strip()
+            stop(temp_dir, grace_s=3)  # a head that did not come up holds nothing worth a longer wait
+            if attempt < attempts:
+                print(f"ray start: attempt {attempt} of {attempts} failed; retrying: {str(e).splitlines()[-1][:300]}",
+                      file=sys.stderr)
+                time.sleep(2 * attempt)
+    raise RuntimeError(f"ray start failed {attempts} times; last: {error[-4000:]}")
+
+
+def _start_once(port: int, dashboard_port: int, temp_dir: str, num_cpus: int | None,
+                object_store_memory: int, timeout_s: float) -> str:
     ray = Path(sys.executable).with_name("ray")
     cmd = [str(ray), "start", "--head", f"--port={port}", f"--dashboard-port={dashboard_port}",
            "--dashboard-host=127.0.0.1", f"--temp-dir={temp_dir}", f"--object-store-memory={object_store_memory}",
@@ -113,7 +180,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline.localcluster")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("start")
-    s.add_argument("--port", type=int, default=6390)
+    s.add_argument("--port", type=int, default=6390, help="GCS port; the head also takes the next three")
     s.add_argument("--dashboard-port", type=int, default=8266)
     s.add_argument("--temp-dir", default="/tmp/aigc-ray")
     s.add_argument("--num-cpus", type=int)
@@ -121,7 +188,10 @@ def main() -> None:
     t.add_argument("--temp-dir", default="/tmp/aigc-ray")
     a = ap.parse_args()
     if a.cmd == "start":
-        print(start(a.port, a.dashboard_port, a.temp_dir, a.num_cpus))
+        try:
+            print(start(a.port, a.dashboard_port, a.temp_dir, a.num_cpus))
+        except RuntimeError as e:
+            sys.exit(f"error: {e}")
     else:
         print(f"stopped {stop(a.temp_dir)} processes")
 

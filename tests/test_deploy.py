@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import free_port, make_package
+from helpers import make_package
 from pipeline.submit import entrypoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,7 @@ def head(tmp_path):
 
     # short: Ray's unix socket paths under the temp dir must stay under 108 bytes
     temp_dir = tempfile.mkdtemp(prefix="aigc-ray-", dir="/tmp")
-    port, dash = free_port(), free_port()
-    url = localcluster.start(port, dash, temp_dir, num_cpus=2)
+    url = localcluster.start(None, None, temp_dir, num_cpus=2)  # free ports, retried on a slow start
     try:
         yield url, temp_dir
     finally:
@@ -125,3 +124,42 @@ generate:
     bad = subprocess.run([sys.executable, "-m", "pipeline", "status", "nope", "--address", head], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 1 and "no such submission" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_localcluster_start_refuses_a_taken_port_with_a_clear_message(tmp_path):
+    import socket
+
+    from pipeline import localcluster
+
+    port, dash = localcluster.pick_ports()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port + 2))  # the dashboard agent's port
+        s.listen()
+        r = subprocess.run([sys.executable, "-m", "pipeline.localcluster", "start", "--port", str(port),
+                            "--dashboard-port", str(dash), "--temp-dir", str(tmp_path / "r")],
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"port(s) [{port + 2}] on 127.0.0.1 are in use" in r.stderr
+    assert not localcluster.pids(str(tmp_path / "r"))
+
+
+def test_pick_ports_gives_a_free_block():
+    from pipeline import localcluster
+
+    port, dash = localcluster.pick_ports()
+    assert dash not in range(port, port + 4)
+    assert all(localcluster._bindable(p) for p in (port, port + 1, port + 2, port + 3, dash))
+
+
+def test_localcluster_start_retries_then_fails_with_the_cause_and_leaves_nothing_running():
+    import shutil
+    import tempfile
+
+    from pipeline import localcluster
+
+    temp_dir = tempfile.mkdtemp(prefix="aigc-ray-", dir="/tmp")  # short: unix socket paths
+    with pytest.raises(RuntimeError) as e:  # below Ray's minimum object store: every attempt fails
+        localcluster.start(None, None, temp_dir, num_cpus=1, object_store_memory=1, attempts=2)
+    assert "ray start failed 2 times" in str(e.value) and "minimum allowed is" in str(e.value)
+    assert not localcluster.pids(temp_dir)
+    shutil.rmtree(temp_dir, ignore_errors=True)
