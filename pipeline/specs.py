@@ -297,6 +297,8 @@ class TrainSpec(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for init, data order and noise.")
     ema: float = Field(0.0, ge=0, lt=1, description="GAN: decay of an exponential moving average of G's weights, updated every step (ramped up as min(ema, (1+step)/(10+step))); checkpoints carry it and the model package exports it, with batch-norm statistics recomputed for it. 0: off, G is exported as trained.")
     augment: list[Literal["translation", "cutout"]] = Field(default_factory=list, description="GAN: differentiable augmentations (DiffAugment) applied to real and generated images alike before D, so D cannot memorize a small data set: `translation` (shift by up to 1/8 of the side), `cutout` (blank a square of half the side).")
+    r1: float = Field(0.0, ge=0, le=1e4, description="GAN: weight γ of the R1 penalty γ/2·|∇D(x)|² on the real images D sees (Mescheder et al. 2018), which keeps D smooth around the data so training settles instead of circling. 0: off.")
+    r1_every: int = Field(4, ge=1, le=1000, description="GAN: apply the R1 penalty every this many steps, weighted r1 × r1_every (lazy regularization, as in StyleGAN2): about the same effect for a fraction of the cost.")
     mixed_precision: bool = Field(True, description="bf16/fp16 autocast when training on GPU (ignored on CPU).")
     scaling: TrainScaling = Field(default_factory=TrainScaling, description="Ray Train scaling.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and recovery.")
@@ -312,8 +314,8 @@ class TrainSpec(Strict):
             raise ValueError("train.model.arch: source 'text' trains a text model; set train.model.arch: bytegpt")
         if self.lm is not None and not text_model:
             raise ValueError("train.lm: applies to a bytegpt model only (train.model.arch: bytegpt)")
-        if text_model and (self.ema or self.augment):
-            raise ValueError("train.ema, train.augment: apply to a GAN only, not to a bytegpt model")
+        if text_model and (self.ema or self.augment or self.r1):
+            raise ValueError("train.ema, train.augment, train.r1: apply to a GAN only, not to a bytegpt model")
         return self
 
 

@@ -22,6 +22,9 @@ How it works
 * Randomness: init from ``train.seed``; the noise (and ``train.augment``'s draws) of (epoch,
   rank) from its own generator. So a run that resumes at epoch k trains exactly what an
   uninterrupted run trains from epoch k.
+* R1 (``train.r1``): D's loss adds γ/2·|∇ₓD(x)|² on the real images it saw, every
+  ``train.r1_every``-th global step (weighted by that interval); the input gradient is a second
+  backward through D, and D's parameter gradients are still all-reduced once per step.
 * Averaged G (``train.ema``): every rank keeps a moving average of G's weights, updated after
   each step; its BN statistics are recomputed from seeded samples at every checkpoint. It is
   what the sample grids show and what the model package exports.
@@ -328,6 +331,11 @@ def ema_bn(G_ema: nn.Module, t: TrainSpec) -> nn.Module:
     return recalibrate_bn(G_ema, torch.Generator().manual_seed(_mix(t.seed, "ema-bn")))
 
 
+def r1_weight(t: TrainSpec, global_step: int) -> float:
+    """The R1 weight of the step after ``global_step`` steps: lazy, ``r1 * r1_every`` every ``r1_every`` steps."""
+    return t.r1 * t.r1_every if t.r1 and global_step % t.r1_every == 0 else 0.0
+
+
 def augmenter(t: TrainSpec, epoch: int, rank: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """``train.augment`` as one function for this epoch and rank; its draws come from its own generator."""
     if not t.augment:
@@ -339,13 +347,14 @@ def augmenter(t: TrainSpec, epoch: int, rank: int) -> Callable[[torch.Tensor], t
 def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
              real: torch.Tensor, labels: torch.Tensor | None, z: torch.Tensor,
              autocast: Any = None, scaler: Any = None, text: Features | None = None,
-             augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+             augment: Callable[[torch.Tensor], torch.Tensor] | None = None, r1: float = 0.0) -> torch.Tensor:
     """One DCGAN step (non-saturating loss). Returns [loss_D, loss_G, D(x), D(G(z)), loss_text] as a tensor.
 
     With ``text`` (featurized captions of ``labels``), G's text encoder also learns to classify the
     captions: its cross-entropy joins G's loss (the encoder's own parameters get only that gradient).
     With ``augment`` (DiffAugment), D sees every real and generated batch through it, G's
-    gradients flowing back through it.
+    gradients flowing back through it. With ``r1`` > 0, D's loss also gets the R1 penalty
+    ``r1 / 2 * |grad_x D(x)|^2`` on the real images it saw (reported loss_D leaves it out).
     """
     autocast = autocast or contextlib.nullcontext
     aug = augment or (lambda x: x)
@@ -359,15 +368,22 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
             fake, loss_text = G(z, labels, text=text, text_targets=labels)
         else:
             fake, loss_text = G(z, labels), torch.zeros((), device=real.device)
-        logit_real = D(aug(real), labels)
+        seen = aug(real)
+        if r1:
+            seen = seen.detach().requires_grad_(True)
+        logit_real = D(seen, labels)
         logit_fake = D(aug(fake.detach()), labels)
         loss_d = (F.binary_cross_entropy_with_logits(logit_real.float(), ones)
                   + F.binary_cross_entropy_with_logits(logit_fake.float(), zeros))
+        penalty = torch.zeros((), device=real.device)
+        if r1:  # Distributed: a gradient w.r.t. the input only; D's parameter gradients still sync once, below
+            grad, = torch.autograd.grad(logit_real.float().sum(), seen, create_graph=True)
+            penalty = r1 / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
     if scaler is not None:
-        scaler.scale(loss_d).backward()
+        scaler.scale(loss_d + penalty).backward()
         scaler.step(opt_d)
     else:
-        loss_d.backward()
+        (loss_d + penalty).backward()
         opt_d.step()
 
     # 2. update G: make D call G(z) real
@@ -718,7 +734,7 @@ def train_loop_per_worker(config: dict) -> None:
             text = None
             if te is not None:
                 text = featurize([caption(classes[i], captions) for i in lab.tolist()], te).to(device)
-            out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler, text, augment)
+            out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler, text, augment, r1_weight(t, global_step))
             sums += out
             global_step += 1
             if G_ema is not None:

@@ -17,7 +17,8 @@ from pipeline.models.diffaugment import BACKGROUND, cutout, diff_augment, transl
 from pipeline.models.ema import ema_decay, ema_update, recalibrate_bn
 from pipeline.package import load_package
 from pipeline.specs import ModelSpec, TrainSpec, deep_merge, validate_job
-from pipeline.train import (EMA_PART, build_ema, exported_generator, load_checkpoint, save_checkpoint, train)
+from pipeline.train import (EMA_PART, build_ema, exported_generator, gan_step, load_checkpoint, r1_weight,
+                            save_checkpoint, train)
 
 
 def cfg(**over) -> ModelSpec:
@@ -95,6 +96,32 @@ def test_recalibrated_bn_statistics_depend_on_the_weights_and_seed_only():
     assert bn.momentum == 0.1 and bn.running_var.min() > 0
 
 
+# --------------------------------------------------------------------------------------------- R1 penalty
+def test_r1_is_lazy_and_weighted_by_its_interval():
+    t = TrainSpec(r1=0.5, r1_every=4)
+    assert [r1_weight(t, s) for s in range(6)] == [2.0, 0, 0, 0, 2.0, 0]
+    assert r1_weight(TrainSpec(), 0) == 0 and r1_weight(TrainSpec(r1=1.0, r1_every=1), 7) == 1.0
+
+
+def test_r1_penalty_joins_d_loss_but_not_its_report():
+    """Same inputs, with and without R1: the reported loss_D is the same, D's update is not."""
+    m = cfg(g_upsample="nearest", d_minibatch_std=True)
+    real = torch.rand(8, 1, 32, 32) * 2 - 1
+    labels, z = torch.arange(8) % 10, torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+
+    def step(r1):
+        torch.manual_seed(0)
+        G, D = Generator(m), Discriminator(m)
+        opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+        out = gan_step(G, D, opt_g, opt_d, real, labels, z, r1=r1)
+        return out, D
+
+    (plain, d0), (penalised, d1) = step(0.0), step(10.0)
+    assert torch.isfinite(penalised).all()
+    assert torch.allclose(plain[0], penalised[0])  # reported loss_D leaves the penalty out
+    assert any(not torch.equal(a, b) for a, b in zip(d0.parameters(), d1.parameters()))
+
+
 # --------------------------------------------------------------------------------------------- architecture options
 @pytest.mark.parametrize("size", [28, 32, 64])
 @pytest.mark.parametrize("up", ["transposed", "nearest", "bilinear"])
@@ -150,8 +177,8 @@ def test_checkpoint_carries_the_average_and_exports_it(tmp_path):
 
 def test_a_text_model_refuses_gan_options():
     base = {"name": "x", "train": {"data": {"source": "text", "uri": "corpus.txt"}, "model": {"arch": "bytegpt"}}}
-    for extra in ({"ema": 0.999}, {"augment": ["cutout"]}):
-        with pytest.raises(Exception, match="train.ema, train.augment: apply to a GAN only"):
+    for extra in ({"ema": 0.999}, {"augment": ["cutout"]}, {"r1": 1.0}):
+        with pytest.raises(Exception, match="train.ema, train.augment, train.r1: apply to a GAN only"):
             validate_job(deep_merge(base, {"train": extra}), "t")
 
 
@@ -167,6 +194,7 @@ def test_resume_with_ema_and_augmentation_matches_an_uninterrupted_run(ray_sessi
                       "model": {"image_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "conditional": True,
                                 "g_upsample": "nearest", "d_minibatch_std": True},
                       "epochs": epochs, "batch_size": 32, "seed": 5, "ema": 0.99, "augment": ["translation", "cutout"],
+                      "r1": 1.0, "r1_every": 2,
                       "scaling": {"num_workers": 2}, "checkpoint": {"keep": 2}}}, "test")
 
     straight = train(job(tmp_path / "a", 4))

@@ -45,10 +45,12 @@ def spec(root, name="t", epochs=EPOCHS, **over) -> dict:
         "storage": {"root": str(root)},
         "train": {
             "data": {"source": "digits", "limit": LIMIT},
-            # the demo's quality recipe too, so resume and retry are proven with EMA and DiffAugment
+            # the demo's quality recipe too, so resume and retry are proven with EMA, DiffAugment and
+            # lazy R1 (every 2nd step here, so both kinds of step occur in every epoch)
             "model": {"image_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "conditional": True,
                       "g_upsample": "nearest", "d_minibatch_std": True},
             "epochs": epochs, "batch_size": BATCH, "seed": 3, "ema": 0.99, "augment": ["translation", "cutout"],
+            "r1": 1.0, "r1_every": 2,
             "scaling": {"num_workers": WORKERS},
             "checkpoint": {"keep": 2, "max_failures": 2},
         },
