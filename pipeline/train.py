@@ -375,10 +375,15 @@ def gan_step(G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: to
         logit_fake = D(aug(fake.detach()), labels)
         loss_d = (F.binary_cross_entropy_with_logits(logit_real.float(), ones)
                   + F.binary_cross_entropy_with_logits(logit_fake.float(), zeros))
-        penalty = torch.zeros((), device=real.device)
-        if r1:  # Distributed: a gradient w.r.t. the input only; D's parameter gradients still sync once, below
-            grad, = torch.autograd.grad(logit_real.float().sum(), seen, create_graph=True)
-            penalty = r1 / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
+    penalty = torch.zeros((), device=real.device)
+    if r1:  # a gradient w.r.t. the input only: D's parameter gradients still sync once, below
+        # fp16: differentiate the scaled sum and unscale, so small input gradients do not flush to
+        # zero (torch.amp's gradient-penalty recipe); a disabled or absent scaler scales by 1
+        out = logit_real.float().sum()
+        grad, = torch.autograd.grad(scaler.scale(out) if scaler is not None else out, seen, create_graph=True)
+        if scaler is not None:
+            grad = grad / scaler.get_scale()
+        penalty = r1 / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
     if scaler is not None:
         scaler.scale(loss_d + penalty).backward()
         scaler.step(opt_d)

@@ -122,6 +122,25 @@ def test_r1_penalty_joins_d_loss_but_not_its_report():
     assert any(not torch.equal(a, b) for a, b in zip(d0.parameters(), d1.parameters()))
 
 
+def test_r1_through_a_grad_scaler_is_unscaled():
+    """The fp16 path differentiates the scaled sum and divides the scale out: through a scaler at
+    scale 1024 (a power of two: exact) D's update is bit-identical to the scaler-free path, where
+    an unscaled input gradient would weigh the penalty 1024² times."""
+    m = cfg(g_upsample="nearest", d_minibatch_std=True)
+    real = torch.rand(8, 1, 32, 32) * 2 - 1
+    labels, z = torch.arange(8) % 10, torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+
+    def d_after(scaler):
+        torch.manual_seed(0)
+        G, D = Generator(m), Discriminator(m)
+        opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+        gan_step(G, D, opt_g, opt_d, real, labels, z, scaler=scaler, r1=10.0)
+        return [q.detach() for q in D.parameters()]
+
+    scaled = d_after(torch.amp.GradScaler("cpu", init_scale=1024.0))
+    assert all(torch.equal(a, b) for a, b in zip(d_after(None), scaled))
+
+
 # --------------------------------------------------------------------------------------------- architecture options
 @pytest.mark.parametrize("size", [28, 32, 64])
 @pytest.mark.parametrize("up", ["transposed", "nearest", "bilinear"])
