@@ -602,7 +602,8 @@ class EvalResult:
         m, f = self.model, self.floor
         score = f", score {m.score:.2f} ({f.score:.2f})" if m.score is not None and f.score is not None else ""
         prompts = f", prompt accuracy {self.prompts['accuracy']:.1%} (held-out phrasings)" if self.prompts else ""
-        return (f"N={self.n:,}: FLD {m.fld:.2f} (floor {f.fld:.2f}){score}, P {m.precision:.2f} R {m.recall:.2f}, "
+        return (f"N={self.n:,}: FLD {m.fld:.2f} ({fld_ratio(self):.2f}x the floor {f.fld:.2f}){score}, "
+                f"P {m.precision:.2f} R {m.recall:.2f}, "
                 f"memorization {m.memorization:.1%}{prompts}")
 
     def lines(self, gate: GateSpec | None = None) -> list[str]:
@@ -624,6 +625,8 @@ class EvalResult:
             mv, fv = getattr(self.model, attr), getattr(self.floor, attr)
             ratio = f"{mv / fv:.2f}x" if mv is not None and fv else ""
             gate_txt = "" if limit is None else f"{op} {limit:g}  " + ("ok" if _passes(mv, limit, op) else "FAILED")
+            if attr == "fld":
+                gate_txt = fld_gate_text(self, g)
             out.append(f"  {label:<13} {fmt(mv, pct):>9} {fmt(fv, pct):>9} {ratio:>12}  {gate_txt}".rstrip())
         if self.prompts is not None:
             p = self.prompts
@@ -636,6 +639,23 @@ class EvalResult:
         out.append(f"  memorization: nearest training image in pixel space closer than {self.threshold:.4f} RMS "
                    f"(the {self.settings['memorization_quantile']:g} quantile of real images' own NN distances)")
         return out
+
+
+def fld_ratio(result: EvalResult) -> float:
+    """The model's FLD over the floor's, NaN when either is missing or the floor is 0."""
+    m, f = result.model.fld, result.floor.fld
+    return m / f if m is not None and f else math.nan
+
+
+def fld_gate_text(result: EvalResult, gate: GateSpec) -> str:
+    """The FLD row's gate column: ``<= 20``, ``<= 2x floor`` or both, each ``ok`` or ``FAILED``."""
+    parts = []
+    if gate.max_fld is not None:
+        parts.append(f"<= {gate.max_fld:g}  " + ("ok" if _passes(result.model.fld, gate.max_fld, "<=") else "FAILED"))
+    if gate.max_fld_ratio is not None:
+        ok = _passes(fld_ratio(result), gate.max_fld_ratio, "<=")
+        parts.append(f"<= {gate.max_fld_ratio:g}x floor  " + ("ok" if ok else "FAILED"))
+    return "; ".join(parts)
 
 
 def _passes(value: float | None, limit: float, op: str) -> bool:
@@ -652,6 +672,9 @@ def gate_failures(result: EvalResult, gate: GateSpec) -> list[str]:
     out = []
     if gate.max_fld is not None and not _passes(m.fld, gate.max_fld, "<="):
         out.append(f"FLD {m.fld:.2f} > evaluate.gate.max_fld {gate.max_fld:g} (real-vs-real floor {f.fld:.2f})")
+    if gate.max_fld_ratio is not None and not _passes(fld_ratio(result), gate.max_fld_ratio, "<="):
+        out.append(f"FLD {m.fld:.2f} is {fld_ratio(result):.2f}x the real-vs-real floor {f.fld:.2f} > "
+                   f"evaluate.gate.max_fld_ratio {gate.max_fld_ratio:g}")
     if gate.min_score is not None and not _passes(m.score, gate.min_score, ">="):
         out.append(f"classifier score {m.score:.2f} < evaluate.gate.min_score {gate.min_score:g} (floor {f.score:.2f})")
     if gate.max_memorization is not None and not _passes(m.memorization, gate.max_memorization, "<="):

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from pipeline.errors import PipelineError
-from pipeline.evaluate import EvalResult, closest_name, eval_uri, read_results
+from pipeline.evaluate import EvalResult, closest_name, eval_uri, fld_ratio, read_results
 from pipeline.specs import GateSpec, StorageSpec
 from pipeline.storage import MANIFEST, Store, StorageError, is_published
 
@@ -380,12 +380,15 @@ def _metrics_table(r: EvalResult, gate: GateSpec | None) -> str:
         mv, fv = getattr(r.model, attr), getattr(r.floor, attr)
         fmt = (lambda v: "n/a" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}"))
         ratio = f"{mv / fv:.2f}×" if mv is not None and fv else ""
-        if limit is None:
-            gate_cell = ""
-        else:
+        checks = []  # (threshold as shown, passed)
+        if limit is not None:
             ok = mv is not None and math.isfinite(mv) and (mv <= limit if op == "≤" else mv >= limit)
-            shown = f"{limit:.1%}" if pct else f"{limit:g}"
-            gate_cell = f'{op} {esc(shown)} <span class="{"ok" if ok else "bad"}">{"pass" if ok else "FAIL"}</span>'
+            checks.append((f"{op} {limit:.1%}" if pct else f"{op} {limit:g}", ok))
+        if attr == "fld" and g.max_fld_ratio is not None:
+            q = fld_ratio(r)
+            checks.append((f"≤ {g.max_fld_ratio:g}× floor", math.isfinite(q) and q <= g.max_fld_ratio))
+        gate_cell = "<br>".join(f'{esc(shown)} <span class="{"ok" if ok else "bad"}">{"pass" if ok else "FAIL"}</span>'
+                                for shown, ok in checks)
         body.append(f"<tr><td>{esc(label)}<div class='note'>{esc(hint)}</div></td><td class='num'>{esc(fmt(mv))}</td>"
                     f"<td class='num'>{esc(fmt(fv))}</td><td class='num'>{esc(ratio)}</td><td>{gate_cell}</td></tr>")
     if r.prompts is not None:

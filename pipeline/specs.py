@@ -324,6 +324,7 @@ class GateSpec(Strict):
     """Quality gate: a nightly run refuses to publish when any threshold fails."""
 
     max_fld: float | None = Field(None, ge=0, description="Largest acceptable Frechet distance on domain-classifier features.")
+    max_fld_ratio: float | None = Field(None, gt=0, description="Largest acceptable FLD as a multiple of the real-vs-real floor measured in the same evaluation (same data, N and extractor): 2 means at most twice what held-out real images score. Unlike max_fld it carries across data sets and N.")
     min_score: float | None = Field(None, ge=0, description="Smallest acceptable classifier score (IS-style).")
     max_memorization: float | None = Field(None, ge=0, le=1, description="Largest acceptable share of near-copies of training images.")
     min_prompt_accuracy: float | None = Field(None, ge=0, le=1, description="Text-conditioned generators: smallest acceptable share of images from held-out prompt phrasings that the domain classifier labels as the prompt's class.")

@@ -205,6 +205,19 @@ def test_gate_names_every_failed_threshold(result):
     assert gate_failures(nan, GateSpec(max_fld=1e9))  # NaN never passes
 
 
+def test_gate_on_fld_as_a_multiple_of_the_floor(result):
+    ratio = result.model.fld / result.floor.fld
+    assert gate_failures(result, GateSpec(max_fld_ratio=ratio * 1.01)) == []
+    failed = gate_failures(result, GateSpec(max_fld_ratio=ratio * 0.99))
+    assert failed == [f"FLD {result.model.fld:.2f} is {ratio:.2f}x the real-vs-real floor {result.floor.fld:.2f} > "
+                      f"evaluate.gate.max_fld_ratio {ratio * 0.99:g}"]
+    row = next(line for line in result.lines(GateSpec(max_fld=1e9, max_fld_ratio=ratio * 0.99)) if "FLD" in line)
+    assert row.endswith(f"<= 1e+09  ok; <= {ratio * 0.99:g}x floor  FAILED")
+    zero_floor = EvalResult.from_json(result.to_json())
+    zero_floor.floor.fld = 0.0
+    assert gate_failures(zero_floor, GateSpec(max_fld_ratio=1e9))  # no ratio to a zero floor: never passes
+
+
 # --------------------------------------------------------------------------------------------- aigc run + gate
 def _gate_job(tmp_path: Path, model: str, gate: dict, generate: bool = True) -> Path:
     spec = {"name": "gate", "storage": {"root": str(tmp_path / "out")},

@@ -119,6 +119,19 @@ def test_report_of_a_generated_batch(batch, tmp_path):
     assert verify(batch["output"]).ok
 
 
+def test_metrics_table_shows_both_fld_thresholds(batch):
+    from pipeline.evaluate import read_results
+    from pipeline.report import _metrics_table
+    from pipeline.specs import GateSpec
+
+    result = read_results(batch["model"])[0]
+    ratio = result.model.fld / result.floor.fld
+    html = _metrics_table(result, GateSpec(max_fld=1e9, max_fld_ratio=round(ratio / 2, 2)))
+    fld_row = next(row for row in html.split("<tr>") if row.startswith("<td>FLD"))
+    assert '≤ 1e+09 <span class="ok">pass</span>' in fld_row
+    assert f'≤ {round(ratio / 2, 2):g}× floor <span class="bad">FAIL</span>' in fld_row
+
+
 def test_report_beside_the_output_by_default_and_of_a_model(batch):
     r = CliRunner().invoke(app, ["report", batch["model"]])
     assert r.exit_code == 0, r.output

@@ -193,7 +193,7 @@ def test_prompts_demo_job_runs_at_tiny_size(ray_session, tmp_path):
     """jobs/prompts-demo.yaml end to end at tiny size: train (Ray Train, DDP) → evaluate → generate."""
     overrides = [f"storage.root={tmp_path}", "train.epochs=2", "train.data.limit=400", "train.batch_size=32",
                  "train.model.g_width=8", "train.model.d_width=8", "train.model.text_encoder.buckets=4096",
-                 "train.model.text_encoder.dim=16", "evaluate.samples=200", "evaluate.gate.min_prompt_accuracy=0",
+                 "train.model.text_encoder.dim=16", "evaluate.samples=200", "evaluate.gate={}",
                  "generate.prompts.samples_per_prompt=1", "generate.scaling.num_actors=1"]
     args = ["run", str(ROOT / "jobs" / "prompts-demo.yaml"), "--date", DATE]
     for o in overrides:
