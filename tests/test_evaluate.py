@@ -235,10 +235,11 @@ def _gate_job(tmp_path: Path, model: str, gate: dict, generate: bool = True) -> 
 
 def test_zeroed_model_fails_the_gate_in_aigc_run(ray_session, tmp_path):
     model = zeroed_package(tmp_path / "zeroed")
-    job = _gate_job(tmp_path, model, {"max_fld": 50})
+    job = _gate_job(tmp_path, model, {"max_fld": 50, "max_fld_ratio": 2})
     r = CliRunner().invoke(app, ["run", str(job), "--date", DATE])
     assert r.exit_code == 3, r.output
     assert "error: quality gate failed" in r.output and "FLD" in r.output and "> evaluate.gate.max_fld 50" in r.output
+    assert "x the real-vs-real floor" in r.output and "> evaluate.gate.max_fld_ratio 2;" in r.output
     assert "generate did not run and nothing was published" in r.output and "Traceback" not in r.output
     out = tmp_path / "out" / "generated" / "gate" / DATE
     assert not (out / "_SUCCESS").exists() and not (out / "manifest.json").exists()
