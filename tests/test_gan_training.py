@@ -103,20 +103,20 @@ def test_r1_is_lazy_and_weighted_by_its_interval():
     assert r1_weight(TrainSpec(), 0) == 0 and r1_weight(TrainSpec(r1=1.0, r1_every=1), 7) == 1.0
 
 
-def test_r1_penalty_joins_d_loss_but_not_its_report():
-    """Same inputs, with and without R1: the reported loss_D is the same, D's update is not."""
+def _first_step(r1: float, scaler=None) -> tuple[torch.Tensor, Discriminator]:
+    """One gan_step from a fixed init and fixed inputs; returns its report and the updated D."""
     m = cfg(g_upsample="nearest", d_minibatch_std=True)
+    torch.manual_seed(0)
     real = torch.rand(8, 1, 32, 32) * 2 - 1
     labels, z = torch.arange(8) % 10, torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    G, D = Generator(m), Discriminator(m)
+    opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+    return gan_step(G, D, opt_g, opt_d, real, labels, z, scaler=scaler, r1=r1), D
 
-    def step(r1):
-        torch.manual_seed(0)
-        G, D = Generator(m), Discriminator(m)
-        opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
-        out = gan_step(G, D, opt_g, opt_d, real, labels, z, r1=r1)
-        return out, D
 
-    (plain, d0), (penalised, d1) = step(0.0), step(10.0)
+def test_r1_penalty_joins_d_loss_but_not_its_report():
+    """Same inputs, with and without R1: the reported loss_D is the same, D's update is not."""
+    (plain, d0), (penalised, d1) = _first_step(0.0), _first_step(10.0)
     assert torch.isfinite(penalised).all()
     assert torch.allclose(plain[0], penalised[0])  # reported loss_D leaves the penalty out
     assert any(not torch.equal(a, b) for a, b in zip(d0.parameters(), d1.parameters()))
@@ -126,19 +126,9 @@ def test_r1_through_a_grad_scaler_is_unscaled():
     """The fp16 path differentiates the scaled sum and divides the scale out: through a scaler at
     scale 1024 (a power of two: exact) D's update is bit-identical to the scaler-free path, where
     an unscaled input gradient would weigh the penalty 1024² times."""
-    m = cfg(g_upsample="nearest", d_minibatch_std=True)
-    real = torch.rand(8, 1, 32, 32) * 2 - 1
-    labels, z = torch.arange(8) % 10, torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
-
-    def d_after(scaler):
-        torch.manual_seed(0)
-        G, D = Generator(m), Discriminator(m)
-        opt_g, opt_d = torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
-        gan_step(G, D, opt_g, opt_d, real, labels, z, scaler=scaler, r1=10.0)
-        return [q.detach() for q in D.parameters()]
-
-    scaled = d_after(torch.amp.GradScaler("cpu", init_scale=1024.0))
-    assert all(torch.equal(a, b) for a, b in zip(d_after(None), scaled))
+    _, plain = _first_step(10.0)
+    _, scaled = _first_step(10.0, torch.amp.GradScaler("cpu", init_scale=1024.0))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), scaled.parameters()))
 
 
 # --------------------------------------------------------------------------------------------- architecture options
