@@ -618,15 +618,13 @@ class EvalResult:
         def fmt(v: float | None, pct: bool) -> str:
             return "n/a" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
 
-        rows = [("FLD", "fld", False, g.max_fld, "<="), ("score", "score", False, g.min_score, ">="),
-                ("precision", "precision", False, None, ""), ("recall", "recall", False, None, ""),
-                ("memorization", "memorization", True, g.max_memorization, "<=")]
-        for label, attr, pct, limit, op in rows:
+        rows = [("FLD", "fld", False), ("score", "score", False), ("precision", "precision", False),
+                ("recall", "recall", False), ("memorization", "memorization", True)]
+        for label, attr, pct in rows:
             mv, fv = getattr(self.model, attr), getattr(self.floor, attr)
             ratio = f"{mv / fv:.2f}x" if mv is not None and fv else ""
-            gate_txt = "" if limit is None else f"{op} {limit:g}  " + ("ok" if _passes(mv, limit, op) else "FAILED")
-            if attr == "fld":
-                gate_txt = fld_gate_text(self, g)
+            gate_txt = "; ".join(f"{op} {limit:g}{'x floor' if of_floor else ''}  {'ok' if ok else 'FAILED'}"
+                                 for op, limit, of_floor, ok in gate_checks(self, g, attr))
             out.append(f"  {label:<13} {fmt(mv, pct):>9} {fmt(fv, pct):>9} {ratio:>12}  {gate_txt}".rstrip())
         if self.prompts is not None:
             p = self.prompts
@@ -647,15 +645,15 @@ def fld_ratio(result: EvalResult) -> float:
     return m / f if m is not None and f else math.nan
 
 
-def fld_gate_text(result: EvalResult, gate: GateSpec) -> str:
-    """The FLD row's gate column: ``<= 20``, ``<= 2x floor`` or both, each ``ok`` or ``FAILED``."""
-    parts = []
-    if gate.max_fld is not None:
-        parts.append(f"<= {gate.max_fld:g}  " + ("ok" if _passes(result.model.fld, gate.max_fld, "<=") else "FAILED"))
-    if gate.max_fld_ratio is not None:
-        ok = _passes(fld_ratio(result), gate.max_fld_ratio, "<=")
-        parts.append(f"<= {gate.max_fld_ratio:g}x floor  " + ("ok" if ok else "FAILED"))
-    return "; ".join(parts)
+def gate_checks(result: EvalResult, gate: GateSpec, attr: str) -> list[tuple[str, float, bool, bool]]:
+    """The gate's thresholds on one metric row (``fld``, ``score``, ``memorization``), as
+    ``(op, limit, of_floor, passed)``; ``of_floor``: the limit is a multiple of the floor's value."""
+    limits = {"fld": [("<=", gate.max_fld, False), ("<=", gate.max_fld_ratio, True)],
+              "score": [(">=", gate.min_score, False)],
+              "memorization": [("<=", gate.max_memorization, False)]}.get(attr, [])
+    value = getattr(result.model, attr)
+    return [(op, limit, of_floor, _passes(fld_ratio(result) if of_floor else value, limit, op))
+            for op, limit, of_floor in limits if limit is not None]
 
 
 def _passes(value: float | None, limit: float, op: str) -> bool:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from pipeline.errors import PipelineError
-from pipeline.evaluate import EvalResult, closest_name, eval_uri, fld_ratio, read_results
+from pipeline.evaluate import EvalResult, closest_name, eval_uri, gate_checks, read_results
 from pipeline.specs import GateSpec, StorageSpec
 from pipeline.storage import MANIFEST, Store, StorageError, is_published
 
@@ -370,25 +370,21 @@ def _metrics_table(r: EvalResult, gate: GateSpec | None) -> str:
     if getattr(r, "kind", "image") == "text":
         return _text_metrics_table(r, gate)
     g = gate or GateSpec()
-    rows = [("FLD (Fréchet distance, domain features)", "fld", False, g.max_fld, "≤", "lower is better"),
-            ("classifier score", "score", False, g.min_score, "≥", "higher is better, at most the number of classes"),
-            ("precision (k-NN manifold)", "precision", False, None, "", "share of samples that look real"),
-            ("recall (k-NN manifold)", "recall", False, None, "", "share of real variety the model covers"),
-            ("memorization rate", "memorization", True, g.max_memorization, "≤", "near-copies of training images")]
+    rows = [("FLD (Fréchet distance, domain features)", "fld", False, "lower is better"),
+            ("classifier score", "score", False, "higher is better, at most the number of classes"),
+            ("precision (k-NN manifold)", "precision", False, "share of samples that look real"),
+            ("recall (k-NN manifold)", "recall", False, "share of real variety the model covers"),
+            ("memorization rate", "memorization", True, "near-copies of training images")]
     body = []
-    for label, attr, pct, limit, op, hint in rows:
+    for label, attr, pct, hint in rows:
         mv, fv = getattr(r.model, attr), getattr(r.floor, attr)
         fmt = (lambda v: "n/a" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}"))
         ratio = f"{mv / fv:.2f}×" if mv is not None and fv else ""
-        checks = []  # (threshold as shown, passed)
-        if limit is not None:
-            ok = mv is not None and math.isfinite(mv) and (mv <= limit if op == "≤" else mv >= limit)
-            checks.append((f"{op} {limit:.1%}" if pct else f"{op} {limit:g}", ok))
-        if attr == "fld" and g.max_fld_ratio is not None:
-            q = fld_ratio(r)
-            checks.append((f"≤ {g.max_fld_ratio:g}× floor", math.isfinite(q) and q <= g.max_fld_ratio))
-        gate_cell = "<br>".join(f'{esc(shown)} <span class="{"ok" if ok else "bad"}">{"pass" if ok else "FAIL"}</span>'
-                                for shown, ok in checks)
+        gate_cell = "<br>".join(
+            f'{"≤" if op == "<=" else "≥"} '
+            + esc(f"{limit:g}× floor" if of_floor else (f"{limit:.1%}" if pct else f"{limit:g}"))
+            + f' <span class="{"ok" if ok else "bad"}">{"pass" if ok else "FAIL"}</span>'
+            for op, limit, of_floor, ok in gate_checks(r, g, attr))
         body.append(f"<tr><td>{esc(label)}<div class='note'>{esc(hint)}</div></td><td class='num'>{esc(fmt(mv))}</td>"
                     f"<td class='num'>{esc(fmt(fv))}</td><td class='num'>{esc(ratio)}</td><td>{gate_cell}</td></tr>")
     if r.prompts is not None:
