@@ -31,6 +31,7 @@ import torch
 from common import MODEL, RssSampler, job_spec
 from pipeline.encode import SCHEMA, encode_png, logical_time, parquet_bytes, provenance
 from pipeline.generate import item_seed, run_generate, seed_item_id
+from pipeline.localcluster import free_port
 from pipeline.models import build_generator
 from pipeline.package import export_package, load_package
 from pipeline.storage import sha256
@@ -67,12 +68,6 @@ def plain_loop(model_uri: str, out: Path, n: int, batch: int = 256) -> float:
         (out / "data").mkdir(exist_ok=True)
         (out / "data" / f"part-{shard:06d}.parquet").write_bytes(parquet_bytes(cols))
     return time.perf_counter() - t0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

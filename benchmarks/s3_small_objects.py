@@ -26,14 +26,9 @@ os.environ.update(AWS_ACCESS_KEY_ID="bench-key", AWS_SECRET_ACCESS_KEY="bench-se
 
 import boto3  # noqa: E402
 
+from pipeline.localcluster import free_port  # noqa: E402
 from pipeline.specs import Credentials, StorageSpec  # noqa: E402
 from pipeline.storage import Store  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_moto() -> tuple[subprocess.Popen, str]:

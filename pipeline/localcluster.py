@@ -38,15 +38,17 @@ def _bindable(port: int) -> bool:
             return False
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that was free a moment ago (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def pick_ports(tries: int = 50) -> tuple[int, int]:
     """A GCS port whose next three (client server, dashboard agent, metrics) are free too, and a dashboard port."""
     for _ in range(tries):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            dash = s.getsockname()[1]
+        port, dash = free_port(), free_port()
         block = {port, port + 1, port + 2, port + 3}
         if dash not in block and port + 3 < 65536 and all(map(_bindable, block | {dash})):
             return port, dash

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.localcluster import free_port  # noqa: F401 - the tests' free port
 from pipeline.models import build_generator
 from pipeline.package import export_package
 from pipeline.specs import ModelSpec
@@ -26,12 +27,6 @@ def files_of(out: str, storage=None) -> dict[str, str]:
     for rec in manifest["shards"].values():
         files.update({k: v["sha256"] for k, v in store.read_json(rec["index"])["files"].items()})
     return files
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_package(path: Path, *, width: int = 8, conditional: bool = True) -> str:
