@@ -34,7 +34,8 @@ import pyarrow as pa
 
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE, logical_time, parquet_bytes
 from pipeline.errors import PipelineError
-from pipeline.generate import GenerateResult, ShardConfig, _generate_locked, run_key, shard_items
+from pipeline.generate import (GenerateResult, ShardConfig, _generate_locked, check_output_is_ours, part_path, run_key,
+                               shard_items)
 from pipeline.models.textgen import SAMPLER, complete
 from pipeline.package import ModelPackage, PackageError, load_package
 from pipeline.prompts import load_prompts
@@ -80,6 +81,7 @@ class CompletionGenerator:
     def __init__(self, cfg: CompletionConfig):
         import torch
 
+        cfg.shard.env.apply()
         torch.set_num_threads(cfg.shard.threads)  # actors share the node: one pool, not N x all cores
         self.cfg = cfg
         pkg = load_package(cfg.shard.model_uri, cfg.shard.storage)
@@ -120,7 +122,7 @@ class CompletionGenerator:
         items = shard_items(row, self.cfg.shard.job_seed, None)
         rows = [self.row(it.item_id, it.prompt or "", it.seed) for it in items]
         cols = {name: [r[name] for r in rows] for name in TEXT_SCHEMA.names}
-        files = {f"data/part-{shard}.parquet": parquet_bytes(cols, TEXT_SCHEMA)}
+        files = {part_path(shard): parquet_bytes(cols, TEXT_SCHEMA)}
         counts = {"completions_rejected": sum(r["rejected"] is not None for r in rows),
                   "completion_tokens": sum(r["completion_tokens"] for r in rows)}
         rec = commit_shard(self.store, shard, files, {"items": len(items), "counts": counts})
@@ -141,7 +143,8 @@ def run_complete(job: JobSpec, pkg: ModelPackage, store: Store, *, model_uri: st
         raise PipelineError("generate.formats: a text model writes Parquet only; set formats: [parquet]")
     sampling = gen.text or TextSamplingSpec()
     prompts = load_prompts(gen.prompts, job.storage, num_classes=None,
-                           prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist))
+                           prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist),
+                           shard_size=gen.shard_size)
     key = run_key(job, pkg.model_sha256, date)
 
     def make_actor(shard: ShardConfig) -> tuple[type, CompletionConfig]:
@@ -149,6 +152,7 @@ def run_complete(job: JobSpec, pkg: ModelPackage, store: Store, *, model_uri: st
                                                      allowlist=list(gen.safety.allowlist))
 
     output = store.uri
+    check_output_is_ours(store)  # before the lock file: nothing is written into a folder that is not ours
     with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
         return _generate_locked(job, store, output=output, date=date, address=address, progress=progress, log=log,
                                 model_uri=model_uri, model_sha256=pkg.model_sha256, num_classes=None, prompts=prompts,

@@ -42,7 +42,7 @@ import torch
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
 from pipeline.errors import PipelineError, last_error_line, user_error_line
-from pipeline.specs import DataSpec, ModelSpec, StorageSpec, uri_scheme
+from pipeline.specs import DataSpec, ModelSpec, StorageSpec, background_rgb, uri_scheme
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NO_LABEL = -1
@@ -66,7 +66,9 @@ class TrainData:
 
     def summary(self) -> dict:
         """What model.json records about the data."""
-        return {"source": self.source, "uri": self.uri, "count": self.count, "fingerprint": self.fingerprint,
+        from pipeline.storage import absolute_uri
+
+        return {"source": self.source, "uri": absolute_uri(self.uri) if self.uri else None, "count": self.count, "fingerprint": self.fingerprint,
                 "image_size": self.image_size, "channels": self.channels, "labelled": self.labelled,
                 "num_labels": self.num_labels, "classes": self.classes}
 
@@ -82,10 +84,34 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def _fit(img: Any, size: int, channels: int) -> np.ndarray:
-    """A PIL image → uint8 (channels, size, size): convert mode, centre-crop to square, resize."""
+def _to_8bit(img: Any) -> Any:
+    """16- and 32-bit greyscale (``I;16``, ``I``) scaled to 8 bits; Pillow's own convert("L") clips them."""
+    from PIL import Image
+
+    if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        return img
+    arr = np.asarray(img)
+    # a 16-bit PNG spans 0..65535 whichever of these modes Pillow opens it in; wider data by its own range
+    top = max(65535.0, float(arr.max(initial=0)))
+    return Image.fromarray(np.clip(np.round(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
+def _fit(img: Any, size: int, channels: int, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+    """A PIL image → uint8 (channels, size, size): upright, 8-bit, alpha composited, centre-cropped, resized.
+
+    * EXIF orientation is applied (a phone photo stored on its side comes out upright);
+    * 16-bit greyscale is scaled to 8 bits, not clipped;
+    * transparency (RGBA, LA, a palette's transparent index) is composited on ``background``.
+    """
     from PIL import Image, ImageOps
 
+    img = _to_8bit(ImageOps.exif_transpose(img))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info) \
+            or (img.mode in ("L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGBA", rgba.size, (*background, 255))
+        flat.alpha_composite(rgba)
+        img = flat
     img = img.convert("L" if channels == 1 else "RGB")
     if img.size != (size, size):
         img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
@@ -93,7 +119,8 @@ def _fit(img: Any, size: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def decode_image(data: bytes, size: int, channels: int, name: str) -> np.ndarray:
+def decode_image(data: bytes, size: int, channels: int, name: str,
+                 background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
     """PNG/JPEG bytes → uint8 (channels, size, size); a bad image is a PipelineError naming ``name``."""
     from PIL import Image, UnidentifiedImageError
 
@@ -104,7 +131,7 @@ def decode_image(data: bytes, size: int, channels: int, name: str) -> np.ndarray
             img.load()  # decode now: a truncated file fails here, not later
             if img.width < 1 or img.height < 1:
                 raise PipelineError(f"{name}: image has no pixels")
-            return _fit(img, size, channels)
+            return _fit(img, size, channels, background)
     except PipelineError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -207,7 +234,8 @@ def _list_images(uri: str, storage: StorageSpec | None) -> tuple[Any, list[tuple
     return fs, files, classes
 
 
-def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str, size: int, channels: int) -> dict[str, np.ndarray]:
+def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str, size: int, channels: int,
+                  background: tuple[int, int, int]) -> dict[str, np.ndarray]:
     images = []
     for path, rel in zip(batch["path"], batch["rel"]):
         name = f"{uri.rstrip('/')}/{rel}"
@@ -215,7 +243,7 @@ def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str, size: int, ch
             data = fs.cat_file(path)
         except Exception as exc:  # noqa: BLE001 - any backend's read error
             raise PipelineError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from None
-        images.append(decode_image(data, size, channels, name))
+        images.append(decode_image(data, size, channels, name, background))
     return _rows([str(r) for r in batch["rel"]], images, [int(x) for x in batch["label"]])
 
 
@@ -234,7 +262,7 @@ def _images_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | Non
     # on any node read the same store without depending on their environment.
     return ds.map_batches(_decode_files, batch_format="numpy", batch_size=64,
                           fn_kwargs={"fs": fs, "uri": spec.uri, "size": model.image_size,
-                                     "channels": model.channels}), classes
+                                     "channels": model.channels, "background": background_rgb(spec.background or "white")}), classes
 
 
 # --------------------------------------------------------------------------------------------- parquet
@@ -247,7 +275,8 @@ def _cell_bytes(value: Any) -> bytes | None:
 
 
 def _decode_parquet(table: Any, uri: str, image_column: str, label_column: str | None,
-                    size: int, channels: int, num_classes: int | None) -> dict[str, np.ndarray]:
+                    size: int, channels: int, num_classes: int | None,
+                    background: tuple[int, int, int]) -> dict[str, np.ndarray]:
     cells = table.column(image_column).to_pylist()
     paths = table.column("path").to_pylist() if "path" in table.column_names else [uri] * len(cells)
     raw_labels = table.column(label_column).to_pylist() if label_column else [NO_LABEL] * len(cells)
@@ -263,7 +292,7 @@ def _decode_parquet(table: Any, uri: str, image_column: str, label_column: str |
             if label < 0 or (num_classes is not None and label >= num_classes):
                 raise PipelineError(f"{path}: column '{label_column}': label {label} is outside 0..{(num_classes or 1) - 1}"
                                     " (train.model.num_classes)")
-        images.append(decode_image(data, size, channels, name))
+        images.append(decode_image(data, size, channels, name, background))
         labels.append(int(label))
         # Parquet rows have no stable name; the raw bytes (+ label) are their identity. Equal keys
         # mean identical rows, so any order among them gives the same training data.
@@ -306,7 +335,8 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
     num_classes = model.num_classes if model.conditional else None
     ds = ds.map_batches(_decode_parquet, batch_format="pyarrow", batch_size=_BLOCK_ROWS,
                         fn_kwargs={"uri": spec.uri, "image_column": spec.image_column, "label_column": label_column,
-                                   "size": model.image_size, "channels": model.channels, "num_classes": num_classes})
+                                   "size": model.image_size, "channels": model.channels, "num_classes": num_classes,
+                                   "background": background_rgb(spec.background or "white")})
     return ds, []
 
 

@@ -65,7 +65,7 @@ from torch import nn
 from pipeline.errors import GateFailed, PipelineError
 from pipeline.package import ModelPackage, load_package, train_package_uri
 from pipeline.specs import DataSpec, EvaluateSpec, GateSpec, JobSpec, ModelSpec, StorageSpec
-from pipeline.storage import Store, StorageError, is_published, package_versions, publish
+from pipeline.storage import Store, StorageError, absolute_uri, is_published, package_versions, publish, resolve_recorded
 
 EVAL_FORMAT = "aigc-eval/1"
 EXTRACTOR_FORMAT = "aigc-extractor/1"
@@ -578,7 +578,7 @@ class EvalResult:
     prompts: dict[str, Any] | None = None  # text-conditioned generators: prompt_accuracy()
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": EVAL_FORMAT, "model_uri": self.model_uri, "model_sha256": self.model_sha256, "n": self.n,
+        return {"format": EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri), "model_sha256": self.model_sha256, "n": self.n,
                 "key": self.key, "extractor": self.extractor, "data": self.data, "settings": self.settings,
                 "metrics": {"model": self.model.to_json(), "floor": self.floor.to_json()},
                 "memorization": {"space": "pixel", "distance": "RMS per pixel, pixels in [0, 1]",
@@ -712,6 +712,8 @@ def _model_data_spec(pkg: ModelPackage) -> DataSpec | None:
     raw = (pkg.meta.get("train") or {}).get("data")
     if raw is None:
         return None
+    if isinstance(raw, dict) and isinstance(raw.get("uri"), str):  # the spec's own (maybe relative) path
+        raw = {**raw, "uri": resolve_recorded(raw["uri"], pkg.uri)}
     try:
         return DataSpec.model_validate(raw)
     except ValidationError:

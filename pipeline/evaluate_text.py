@@ -33,7 +33,7 @@ from pipeline.errors import PipelineError
 from pipeline.models.textgen import score_segments
 from pipeline.package import ModelPackage
 from pipeline.specs import DataSpec, EvaluateSpec, GateSpec, StorageSpec
-from pipeline.storage import Store, StorageError, package_versions
+from pipeline.storage import Store, StorageError, absolute_uri, package_versions
 from pipeline.textdata import Score, load_corpus, unigram_nll
 
 TEXT_EVAL_FORMAT = "aigc-eval-text/1"
@@ -90,7 +90,7 @@ class TextEvalResult:
         return self.model.perplexity / self.baseline.perplexity
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": TEXT_EVAL_FORMAT, "model_uri": self.model_uri, "model_sha256": self.model_sha256,
+        return {"format": TEXT_EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri), "model_sha256": self.model_sha256,
                 "n": self.n, "key": self.key, "data": self.data,
                 "metrics": {"model": self.model.to_json(), "unigram": self.baseline.to_json()},
                 "seconds": round(self.seconds, 2), "created_at": self.created_at, "versions": package_versions()}

@@ -22,6 +22,7 @@ Item bytes depend only on (spec, model package, item), never on actor count or r
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,11 +38,14 @@ from pipeline.prompts import PromptSet, load_prompts
 from pipeline.safety import PromptFilter
 from pipeline.specs import JobSpec, StorageSpec, render_output, today
 from pipeline.storage import (
+    LOCK,
     StorageError,
     Store,
+    WorkerEnv,
+    absolute_uri,
+    worker_env,
     commit_shard,
     committed_shards,
-    forwarded_env,
     is_published,
     json_bytes,
     publish,
@@ -87,19 +91,32 @@ class Item:
 
 @dataclass
 class ShardPlan:
+    """One shard of the plan, compact: a range of seed indices, or segments of prompt samples.
+
+    A prompt segment is ``[line, k0, k1, label, text]``: samples k0..k1-1 of the prompt on that
+    line. The plan (and every Ray Data row) grows with the number of shards and prompts, never
+    with the number of items: a prompt asking for 100,000 samples is one segment per shard it spans.
+    """
+
     shard_id: str
-    # seed shards: a range of item indices; prompt shards: explicit items
-    start: int = 0
+    start: int = 0  # seed shards: item indices start .. start+count-1
     count: int = 0
-    prompt_items: list[list] = field(default_factory=list)  # [item_id, seed, label, prompt]
+    segments: list[list] = field(default_factory=list)  # prompt shards: [line, k0, k1, label, text]
 
     @property
     def items(self) -> int:
-        return self.count if not self.prompt_items else len(self.prompt_items)
+        return self.count if not self.segments else sum(k1 - k0 for _, k0, k1, _, _ in self.segments)
 
     def row(self) -> dict[str, Any]:
         return {"shard": self.shard_id, "start": self.start, "count": self.count,
-                "prompt_items": json.dumps(self.prompt_items, ensure_ascii=False)}
+                "prompt_items": json.dumps(self.segments, ensure_ascii=False)}
+
+    def item_ids(self) -> Iterator[str]:
+        """The id of every item of this shard (what its file names are made of)."""
+        if not self.segments:
+            yield from (seed_item_id(i) for i in range(self.start, self.start + self.count))
+        for line, k0, k1, _, _ in self.segments:
+            yield from (prompt_item_id(line, k) for k in range(k0, k1))
 
 
 def plan_shards(job: JobSpec, prompts: PromptSet | None, num_classes: int | None) -> list[ShardPlan]:
@@ -112,26 +129,61 @@ def plan_shards(job: JobSpec, prompts: PromptSet | None, num_classes: int | None
         for k, off in enumerate(range(0, count, size)):
             shards.append(ShardPlan(f"s{k:06d}", start=start + off, count=min(size, count - off)))
     if prompts is not None and prompts.prompts:
-        chunk: list[list] = []
-        k = 0
+        segments: list[list] = []
+        room, k = size, 0
         for p in prompts.prompts:
-            for s in range(p.n):
-                chunk.append([prompt_item_id(p.line, s), item_seed(gen.seed, 1, p.line, s), p.label, p.text])
-                if len(chunk) == size:
-                    shards.append(ShardPlan(f"p{k:06d}", prompt_items=chunk))
-                    chunk, k = [], k + 1
-        if chunk:
-            shards.append(ShardPlan(f"p{k:06d}", prompt_items=chunk))
+            k0 = 0
+            while k0 < p.n:
+                k1 = min(p.n, k0 + room)
+                segments.append([p.line, k0, k1, p.label, p.text])
+                room -= k1 - k0
+                k0 = k1
+                if room == 0:
+                    shards.append(ShardPlan(f"p{k:06d}", segments=segments))
+                    segments, room, k = [], size, k + 1
+        if segments:
+            shards.append(ShardPlan(f"p{k:06d}", segments=segments))
     return shards
 
 
 def shard_items(row: dict[str, Any], job_seed: int, num_classes: int | None) -> list[Item]:
-    prompt_items = json.loads(row["prompt_items"]) if row["prompt_items"] else []
-    if prompt_items:
-        return [Item(item_id=i, seed=s, label=lab, prompt=p) for i, s, lab, p in prompt_items]
+    segments = json.loads(row["prompt_items"]) if row["prompt_items"] else []
+    if segments:
+        return [Item(item_id=prompt_item_id(line, k), seed=item_seed(job_seed, 1, line, k), label=label, prompt=text)
+                for line, k0, k1, label, text in segments for k in range(k0, k1)]
     start, count = int(row["start"]), int(row["count"])
     return [Item(item_id=seed_item_id(i), seed=item_seed(job_seed, 0, i),
                  label=(i % num_classes) if num_classes else None) for i in range(start, start + count)]
+
+
+# --------------------------------------------------------------------------------------------- 2. names
+def asset_path(shard: str, item_id: str, ext: str) -> str:
+    """Where an item's own file goes: ``images/<shard>/<item id>.<ext>``."""
+    return f"images/{shard}/{item_id}.{ext}"
+
+
+def part_path(shard: str) -> str:
+    """Where a shard's table goes: ``data/part-<shard>.parquet``."""
+    return f"data/part-{shard}.parquet"
+
+
+_TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{12}\Z")  # Store.write's temporary name while a file is written
+_ASSET_NAME = re.compile(r"images/([sp]\d{6})/([^/]+)\.[a-z0-9]+\Z")
+_PART_NAME = re.compile(r"data/part-([sp]\d{6})\.parquet\Z")
+
+
+def ours(rel: str, shards: dict[str, ShardPlan], ids: dict[str, set[str]]) -> bool:
+    """Whether this run's plan could have written ``rel`` (itself, or its temporary file while writing)."""
+    rel = _TMP_SUFFIX.sub("", rel)
+    m = _PART_NAME.fullmatch(rel)
+    if m:
+        return m.group(1) in shards
+    m = _ASSET_NAME.fullmatch(rel)
+    if not m or m.group(1) not in shards:
+        return False
+    if m.group(1) not in ids:
+        ids[m.group(1)] = set(shards[m.group(1)].item_ids())
+    return m.group(2) in ids[m.group(1)]
 
 
 # --------------------------------------------------------------------------------------------- 3. actor
@@ -150,6 +202,7 @@ class ShardConfig:
     batch_size: int
     threads: int
     device: str = "cpu"
+    env: WorkerEnv = field(default_factory=WorkerEnv)  # storage credentials: in the task, never in a Ray log
 
 
 class ShardGenerator:
@@ -158,6 +211,7 @@ class ShardGenerator:
     def __init__(self, cfg: ShardConfig):
         import torch
 
+        cfg.env.apply()
         torch.set_num_threads(cfg.threads)  # actors share the node: one pool, not N x all cores
         self.cfg = cfg
         pkg = load_package(cfg.model_uri, cfg.storage)
@@ -232,7 +286,7 @@ class ShardGenerator:
                                  provenance(job=cfg.job, item_id=it.item_id, seed=it.seed,
                                             model_sha256=cfg.model_sha256, prompt=it.prompt, label=it.label,
                                             extra=extra))
-                path = f"images/{shard}/{it.item_id}.png"
+                path = asset_path(shard, it.item_id, "png")
                 if "png" in cfg.formats:
                     pngs[path] = png
                 if "parquet" in cfg.formats:
@@ -252,7 +306,7 @@ class ShardGenerator:
                     cols["created_at"].append(self.created_at)
         files = dict(pngs)
         if "parquet" in cfg.formats:
-            files[f"data/part-{shard}.parquet"] = parquet_bytes(cols)
+            files[part_path(shard)] = parquet_bytes(cols)
         rec = commit_shard(self.store, shard, files, {"items": len(items)})
         return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"]}
 
@@ -319,6 +373,22 @@ def run_key(job: JobSpec, model_sha256: str, date: str) -> dict[str, Any]:
     return key
 
 
+def check_output_is_ours(store: Store) -> None:
+    """Refuse an output folder that holds anything but an earlier run of ours (its ``_job.json``).
+
+    Publishing removes files of this run's own plan that no shard lists; the folder must never be
+    one that holds a user's data (``generate.output: .`` or a data set's folder).
+    """
+    if store.exists(JOB_FILE):
+        return
+    found = [name for name in store.children() if name != LOCK]
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise PipelineError(f"{store.uri}: is not empty ({shown}) and holds no {JOB_FILE} of an earlier run; "
+                            "generate writes only into an empty folder or its own output: choose another "
+                            "generate.output")
+
+
 def _check_same_job(store: Store, key: dict[str, Any]) -> None:
     if store.exists(JOB_FILE):
         prev = store.read_json(JOB_FILE)
@@ -331,11 +401,21 @@ def _check_same_job(store: Store, key: dict[str, Any]) -> None:
         store.write_json(JOB_FILE, key)
 
 
-def _remove_orphans(store: Store, expected: set[str]) -> int:
-    """Delete files no committed shard lists (a crashed attempt's leftovers) under images/ and data/."""
-    stale = [rel for rel in store.list() if rel.split("/", 1)[0] in ("images", "data") and rel not in expected]
-    store.delete(stale)
-    return len(stale)
+def _remove_orphans(store: Store, shards: list[ShardPlan], expected: set[str], log=print) -> int:
+    """Delete what a crashed attempt of this run left: files under images/ and data/ that no committed
+    shard lists, and only those whose names this run's own plan could have produced. Nothing else is
+    touched, and no symlink is followed or deleted (:meth:`Store.delete`)."""
+    by_id = {s.shard_id: s for s in shards}
+    ids: dict[str, set[str]] = {}
+    entries = store.entries("images") | store.entries("data")
+    loose = [rel for rel in entries if rel not in expected]
+    stale = [rel for rel in loose if entries[rel]["regular"] and ours(rel, by_id, ids)]
+    deleted = store.delete(stale)
+    left = len(loose) - len(deleted)
+    if left:
+        log(f"generate: left {left} file(s) under images/ and data/ that this run did not write "
+            f"(e.g. {sorted(set(loose) - set(deleted))[0]}); `aigc verify` lists them as extra")
+    return len(deleted)
 
 
 def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
@@ -368,9 +448,10 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
         # a text generator reads the prompt itself; a label-conditioned one needs each prompt's label
         prompts = load_prompts(gen.prompts, job.storage, num_classes=num_classes,
                                prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist),
-                               labels_required=cfg_model.text_encoder is None)
+                               labels_required=cfg_model.text_encoder is None, shard_size=gen.shard_size)
     key = run_key(job, pkg.model_sha256, date)
 
+    check_output_is_ours(store)  # before the lock file: nothing is written into a folder that is not ours
     with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
         return _generate_locked(job, store, output=output, date=date, address=address, progress=progress, log=log,
                                 model_uri=model_uri, model_sha256=pkg.model_sha256, num_classes=num_classes,
@@ -393,6 +474,7 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
             log(f"generate: {output} is already complete ({c['items']:,} items); nothing to do")
             return GenerateResult(output, c["items"], c["shards"], c["shards"], c.get("rejected", 0), c["bytes"],
                                   time.monotonic() - t0, skipped=True)
+    check_output_is_ours(store)  # again under the lock: the folder may have changed while we waited
     _check_same_job(store, key)
 
     # 3. shards still to do
@@ -415,7 +497,7 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
         raise PipelineError(f"generate: shards {', '.join(missing[:5])} did not commit; rerun to resume")
     planned = {s.shard_id for s in shards}
     expected = {f for sid in planned for f in done[sid]["index"]["files"]}
-    _remove_orphans(store, expected)
+    _remove_orphans(store, shards, expected, log)
     rejected = prompts.rejected if prompts else []
     files = {JOB_FILE: json_bytes(key)}
     if gen.prompts is not None:
@@ -441,7 +523,7 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
     if counts["items"] != total_items:
         raise PipelineError(f"generate: committed {counts['items']} items but planned {total_items}; rerun to repair")
     publish(store, kind="generate", job=job.name, spec=job.masked(), counts=counts, shards=shard_recs, files=files,
-            extra={"run": key, "model_uri": model_uri, "model_sha256": model_sha256,
+            extra={"run": key, "model_uri": absolute_uri(model_uri), "model_sha256": model_sha256,
                    "encoder": encoder or {"png": "aigc-png/1", "parquet_schema": SCHEMA.to_string()}})
     seconds = time.monotonic() - t0
     return GenerateResult(output, counts["items"], len(shards), len(shards) - len(todo), len(rejected),
@@ -458,10 +540,14 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
     assert gen is not None
     ensure_ray(address)
     scaling = gen.scaling
-    cfg = ShardConfig(model_uri=model_uri, model_sha256=model_sha256, output=output, storage=job.storage,
+    # workers resolve nothing against the driver's working directory: local paths go out absolute
+    cfg = ShardConfig(model_uri=absolute_uri(model_uri), model_sha256=model_sha256, output=absolute_uri(output),
+                      storage=job.storage,
                       job=job.name, job_seed=gen.seed, date=date, formats=list(gen.formats),
                       batch_size=scaling.batch_size, threads=max(1, round(scaling.num_cpus)),
-                      device="cuda" if scaling.num_gpus > 0 else "cpu")
+                      device="cuda" if scaling.num_gpus > 0 else "cpu",
+                      # workers of a Ray started before the credentials were set would not see them
+                      env=worker_env(job))
     actor, actor_cfg = make_actor(cfg) if make_actor is not None else (ShardGenerator, cfg)
     # One block per shard, so Ray hands each actor call exactly one whole shard.
     ds = ray.data.from_items([s.row() for s in todo], override_num_blocks=len(todo))
@@ -474,8 +560,6 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
         num_cpus=scaling.num_cpus,
         num_gpus=scaling.num_gpus or None,
         batch_format="numpy",
-        # Workers of an embedded Ray started before credentials were set would not see them.
-        runtime_env={"env_vars": forwarded_env(job)},
     )
     try:
         for row in ds.iter_rows():

@@ -56,7 +56,7 @@ class ModelPackage:
         """Rebuild the generator from the package alone, in eval mode."""
         from pipeline.models import build_generator
 
-        g = build_generator(self.config)
+        g = build_generator(self.config)  # load_package checked its shapes against the weights already
         try:
             g.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:
@@ -85,8 +85,55 @@ def export_package(uri: str, generator: torch.nn.Module, config: ModelSpec | Tex
     return model_sha
 
 
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32: larger is not a model this pipeline trains or serves
+
+
+def _weights_header(weights: bytes, where: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name → (dtype, shape) from a safetensors header, read without loading a tensor."""
+    if len(weights) < 8:
+        raise PackageError(f"{where}: not a readable safetensors file (only {len(weights)} bytes)")
+    n = int.from_bytes(weights[:8], "little")
+    if n > min(len(weights) - 8, 100 * 2**20):
+        raise PackageError(f"{where}: not a readable safetensors file (header of {n:,} bytes in a file of "
+                           f"{len(weights):,})")
+    try:
+        header = json.loads(weights[8:8 + n])
+        return {k: (str(v["dtype"]), tuple(int(d) for d in v["shape"])) for k, v in header.items()
+                if k != "__metadata__"}
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, UnicodeDecodeError):
+        raise PackageError(f"{where}: not a readable safetensors file (bad header)") from None
+
+
+def check_weights_fit(config: ModelSpec | TextModelSpec, weights: bytes, where: str) -> None:
+    """The weights' tensor names and shapes are exactly the architecture's, checked before anything is
+    allocated: the architecture is built on torch's meta device (no memory), the weights' header read alone."""
+    from pipeline.models import build_generator
+
+    try:
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in build_generator(config).state_dict().items()}
+    except (ValueError, RuntimeError) as exc:
+        raise PackageError(f"{where}: model.json describes no buildable model ({str(exc).splitlines()[0][:200]})") \
+            from None
+    params = sum(int(torch.Size(shape).numel()) for shape in expected.values())
+    if params > MAX_PARAMETERS:
+        raise PackageError(f"{where}: model.json describes {params:,} parameters, over the limit of "
+                           f"{MAX_PARAMETERS:,}")
+    found = _weights_header(weights, f"{where}/{WEIGHTS}")
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        what = (f"missing {', '.join(missing[:3])}" if missing else "") + \
+            ("; " if missing and unexpected else "") + (f"unexpected {', '.join(unexpected[:3])}" if unexpected else "")
+        raise PackageError(f"{where}/{WEIGHTS}: weights do not fit the architecture in model.json ({what})")
+    for name, shape in expected.items():
+        if found[name][1] != shape:
+            raise PackageError(f"{where}/{WEIGHTS}: weights do not fit the architecture in model.json ({name} is "
+                               f"{list(found[name][1])}, the architecture needs {list(shape)})")
+
+
 def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
-    """Load and check a package; never unpickles anything."""
+    """Load and check a package; never unpickles anything, and allocates nothing before the weights'
+    sha256, names and shapes are checked against model.json."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -104,8 +151,12 @@ def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
         raise PackageError(f"{uri}/{MODEL_JSON}: not a valid model description ({type(exc).__name__})") from None
     model_sha = sha256(weights)
-    if meta.get("model_sha256") not in (None, model_sha):
+    if not isinstance(meta.get("model_sha256"), str):
+        raise PackageError(f"{uri}/{MODEL_JSON}: names no model_sha256; every package this pipeline exports has one "
+                           "(re-export it with `aigc train`)")
+    if meta["model_sha256"] != model_sha:
         raise PackageError(f"{uri}/{WEIGHTS}: sha256 {model_sha[:12]}… does not match model.json (corrupt or truncated)")
+    check_weights_fit(config, weights, store.uri)
     try:
         state = load(weights)
     except (SafetensorError, ValueError, RuntimeError) as exc:

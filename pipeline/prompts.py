@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 from pipeline.errors import PipelineError
 from pipeline.safety import PromptFilter
-from pipeline.specs import PromptsSpec, StorageSpec
+from pipeline.specs import MAX_ITEMS, MAX_SHARDS, PromptsSpec, StorageSpec
 from pipeline.storage import StorageError, Store
 
 MAX_FILE_BYTES = 2 * 1024**3
+BOM = "\ufeff"
+BOM_BYTES = BOM.encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -40,9 +42,13 @@ class PromptSet:
 
 
 def _read(uri: str, storage: StorageSpec | None) -> bytes:
+    """The file's bytes, its size checked before a byte is read."""
     parent, _, name = uri.rstrip("/").rpartition("/")
     try:
         store = Store(parent or ".", storage)
+        size = store.size(name)
+        if size > MAX_FILE_BYTES:
+            raise PipelineError(f"{uri}: {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for a prompts file")
         return store.read(name)
     except StorageError as exc:
         raise PipelineError(f"prompts file {exc}") from None
@@ -71,6 +77,10 @@ def _records(uri: str, data: bytes) -> list[tuple[int, dict | bytes | str]]:
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise PipelineError(f"{uri}:{line}: not valid UTF-8") from None
+        text = text.removeprefix(BOM)
+        # csv's default field limit (131,072 characters) would fail the whole file on one long prompt;
+        # prompts.max_length decides per line instead (the file itself is at most MAX_FILE_BYTES).
+        csv.field_size_limit(max(csv.field_size_limit(), MAX_FILE_BYTES))
         try:
             reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
             if not reader.fieldnames or "prompt" not in reader.fieldnames:
@@ -81,20 +91,43 @@ def _records(uri: str, data: bytes) -> list[tuple[int, dict | bytes | str]]:
             return rows
         except csv.Error as exc:
             raise PipelineError(f"{uri}:{reader.line_num}: CSV error: {exc}") from None
+    if lines and lines[0].startswith(BOM_BYTES):  # a UTF-8 byte-order mark, as Windows editors write
+        lines[0] = lines[0][len(BOM_BYTES):]
     return [(i + 1, raw.rstrip(b"\r")) for i, raw in enumerate(lines)]
 
 
 def _whole_number(raw: dict, key: str, lo: int | None = None, hi: int | None = None) -> int:
     """``raw[key]`` as an int (from a number or a CSV string), or ValueError naming the key."""
     value = raw[key]
+    if isinstance(value, str) and len(value.strip()) > 30:  # int() of 5,000 digits is slow, then refused
+        raise ValueError(f"'{key}' must be a whole number" + (f" from {lo} to {hi}" if lo is not None else ""))
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"'{key}' must be a whole number") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 and Infinity parse as float inf
+        raise ValueError(f"'{key}' must be a whole number" + (f" from {lo} to {hi}" if lo is not None else "")) from None
     out_of_range = lo is not None and hi is not None and not lo <= number <= hi
     if isinstance(value, bool) or (isinstance(value, float) and value != number) or out_of_range:
         raise ValueError(f"'{key}' must be a whole number" + (f" from {lo} to {hi}" if lo is not None else ""))
     return number
+
+
+def _json_int(text: str) -> int:
+    """JSON integers: refuse one of thousands of digits (int() would raise inside json with no line)."""
+    if len(text) > 30:
+        raise ValueError(f"number with {len(text):,} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a prompt field can take")
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
@@ -112,15 +145,20 @@ def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
             if not raw.strip():
                 raise ValueError("empty line")
             try:
-                raw = json.loads(raw)
-            except ValueError as exc:
+                raw = json.loads(raw, parse_int=_json_int, parse_constant=_no_constant)
+            except json.JSONDecodeError as exc:
                 raise ValueError(f"invalid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ValueError("invalid JSON (nested too deeply)") from None
+            except ValueError as exc:  # from the hooks: a number no prompt field can hold
+                raise ValueError(f"invalid JSON ({exc})") from None
             if not isinstance(raw, dict):
                 raise ValueError("each line must be a JSON object with a 'prompt'")
     if isinstance(raw, dict):
         unknown = set(raw) - {"prompt", "n", "label"}
         if unknown and not uri.endswith((".csv", ".parquet")):
-            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
+            shown = ", ".join(sorted(k.encode("utf-8", "backslashreplace").decode("utf-8") for k in unknown))
+            raise ValueError(f"unknown key(s) {shown[:200]}")
         text = raw.get("prompt")
         if not isinstance(text, str):
             raise ValueError("'prompt' must be a string")
@@ -132,6 +170,8 @@ def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
         text = raw
     if "\x00" in text:
         raise ValueError("contains a NUL character")
+    if not _is_unicode(text):  # JSON "\ud800": a lone surrogate no PNG, Parquet or UTF-8 writer can store
+        raise ValueError("contains a lone surrogate (\\ud800-\\udfff), which is not valid Unicode text")
     text = text.strip()
     if not text:
         raise ValueError("empty prompt")
@@ -141,19 +181,20 @@ def _parse(uri: str, line: int, raw, spec: PromptsSpec) -> Prompt:
 
 
 def load_prompts(spec: PromptsSpec, storage: StorageSpec | None, *, num_classes: int | None,
-                 prompt_filter: PromptFilter, labels_required: bool = True) -> PromptSet:
+                 prompt_filter: PromptFilter, labels_required: bool = True, shard_size: int = 1) -> PromptSet:
     """Read, parse, check and filter a prompts file.
 
     ``num_classes``: labels must lie in [0, num_classes) for a conditional model; None means the
     model takes no labels. ``labels_required``: every prompt needs a label (a label-conditioned
     model); a text-conditioned model reads the prompt, and a label is only the intended class.
+    ``shard_size``: the file is refused at the line where its items would need more than
+    :data:`~pipeline.specs.MAX_SHARDS` shards of this size (or more than MAX_ITEMS items).
     """
     uri = spec.uri
     data = _read(uri, storage)
-    if len(data) > MAX_FILE_BYTES:
-        raise PipelineError(f"{uri}: {len(data):,} bytes is over the {MAX_FILE_BYTES:,}-byte limit for a prompts file")
     prompts: list[Prompt] = []
     rejected: list[dict] = []
+    items = 0
     for line, raw in _records(uri, data):
         try:
             p = _parse(uri, line, raw, spec)
@@ -173,6 +214,11 @@ def load_prompts(spec: PromptsSpec, storage: StorageSpec | None, *, num_classes:
         if reason:
             rejected.append({"line": line, "prompt": p.text, "reason": reason})
             continue
+        items += p.n
+        if items > MAX_ITEMS or -(-items // shard_size) > MAX_SHARDS:
+            raise PipelineError(f"{uri}:{line}: the prompts so far ask for {items:,} items, more than "
+                                f"{min(MAX_ITEMS, MAX_SHARDS * shard_size):,} ({MAX_SHARDS:,} shards of "
+                                f"generate.shard_size {shard_size:,}); raise generate.shard_size or split the file")
         prompts.append(p)
     if not prompts and not rejected:
         raise PipelineError(f"{uri}: no prompts in the file")

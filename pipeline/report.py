@@ -34,7 +34,7 @@ from urllib.parse import quote
 from pipeline.errors import PipelineError
 from pipeline.evaluate import EvalResult, closest_name, eval_uri, gate_checks, read_results
 from pipeline.specs import GateSpec, StorageSpec
-from pipeline.storage import MANIFEST, Store, StorageError, is_published
+from pipeline.storage import MANIFEST, Store, StorageError, is_published, resolve_recorded
 
 REPORT_SUFFIX = ".report"
 PAGE_SIZE = 100
@@ -167,6 +167,7 @@ def collect(uri: str, storage: StorageSpec | None = None, *, max_items: int = MA
         model_uri = manifest.get("model_uri") or ""
         if not model_uri:
             raise PipelineError(f"{store.uri}/{MANIFEST}: names no model_uri; cannot find the model")
+        model_uri = resolve_recorded(model_uri, store.uri)
     else:
         model_uri = store.uri
     model_store = Store(model_uri, storage)
@@ -181,7 +182,9 @@ def collect(uri: str, storage: StorageSpec | None = None, *, max_items: int = MA
     for r in inputs.evals:
         if ev.exists(closest_name(r.n)):
             inputs.closest[r.n] = ev.read(closest_name(r.n))
-    inputs.grids, inputs.grids_note = _epoch_grids(str(model_meta.get("run") or ""), storage)
+    run_uri = str(model_meta.get("run") or "")
+    inputs.grids, inputs.grids_note = _epoch_grids(resolve_recorded(run_uri, model_store.uri) if run_uri else "",
+                                                   storage)
     if inputs.kind == "generate":
         inputs.assets, inputs.assets_total = _assets(store, manifest, max_items)
     return inputs

@@ -131,8 +131,11 @@ def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
 
 
 def _add(summary: RunSummary, record: RunRecord, outcome: StageOutcome) -> None:
+    from pipeline.storage import absolute_uri
+
     summary.stages.append(outcome)
-    record.stages.append(asdict(outcome))
+    # the record names outputs absolutely: a reader in another directory must find them
+    record.stages.append({**asdict(outcome), "outputs": [absolute_uri(o) for o in outcome.outputs]})
 
 
 def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *, date: str,
@@ -199,6 +202,7 @@ def _evaluate_stage(job: JobSpec, summary: RunSummary, record: RunRecord, stage:
     """Evaluate the model and apply the gate: a failure raises GateFailed before anything is generated."""
     from pipeline.errors import GateFailed
     from pipeline.evaluate import gate_failures, run_evaluate
+    from pipeline.storage import absolute_uri
 
     assert job.evaluate is not None
     stage[0] = "evaluate"
@@ -206,7 +210,8 @@ def _evaluate_stage(job: JobSpec, summary: RunSummary, record: RunRecord, stage:
     res = run_evaluate(job, address=address, log=log)
     gate = job.evaluate.gate
     failures = gate_failures(res, gate)
-    record.evaluation = {"result": res.uri, "n": res.n, "model_uri": res.model_uri, "model_sha256": res.model_sha256,
+    record.evaluation = {"result": absolute_uri(res.uri) if res.uri else res.uri, "n": res.n,
+                         "model_uri": absolute_uri(res.model_uri), "model_sha256": res.model_sha256,
                          "extractor": res.extractor.get("kind"), "model": res.model.to_json(),
                          "floor": res.floor.to_json(), "threshold": res.threshold,
                          "gate": {**gate.model_dump(mode="json"), "passed": not failures, "failures": failures}}

@@ -29,7 +29,17 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, SecretStr, Ta
 
 SCHEMES = ("file", "s3", "gs", "gcs", "memory")
 _URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Names and ids are checked with fullmatch: `$` would let a trailing newline through.
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+# Tokens that look nothing like an env-var name: cloud keys and the prefixes services put on theirs.
+_TOKEN_RE = re.compile(
+    r"(AKIA|ASIA|AIza|ghp_|gho_|ghu_|ghs_|ghr_|github_pat_|glpat-|xox[abprs]-|sk_live_|sk_test_|rk_live_|rk_test_"
+    r"|pk_live_|sk-|hf_|npm_|pypi-|dop_v1_|AGE-SECRET-KEY-)[A-Za-z0-9_\-]{8,}")
+# Limits on what a spec can ask to plan (the driver plans every shard before Ray starts).
+MAX_SHARDS = 1_000_000
+MAX_ITEMS = 10**10
 _TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
 TEMPLATE_KEYS = ("date", "run_id", "name")
 
@@ -65,6 +75,9 @@ def _check_uri(value: str) -> str:
         raise ValueError("must not contain control characters or line breaks")
     if "://" in value and not _URI_RE.match(value):
         raise ValueError(f"malformed URI scheme '{value.split('://')[0][:40]}://'")
+    if _has_userinfo(value):  # s3://KEY:SECRET@bucket: never echo it
+        raise ValueError("must not carry credentials (user:password@ in the URI); name env vars in "
+                         "storage.credentials instead")
     scheme = uri_scheme(value)
     if scheme not in SCHEMES:
         raise ValueError(f"unknown storage scheme '{scheme}://' (supported: local path, {', '.join(s + '://' for s in SCHEMES)})")
@@ -81,15 +94,74 @@ def _norm_location(uri: str) -> str:
     return f"{scheme}://" + "/".join(p for p in rest.split("/") if p not in ("", ".")) + "/"
 
 
+def _has_userinfo(uri: str) -> bool:
+    """``scheme://user:pass@host/...``: credentials in the authority part of a URI."""
+    m = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://([^/?#]*)", uri)
+    return bool(m and "@" in m.group(1))
+
+
+def _segments(uri: str) -> list[str]:
+    """A URI (or a rendered template, NUL for each value) as comparable path segments, scheme first."""
+    return _norm_location(uri).rstrip("/").split("/")
+
+
+def _prefix_could_match(template: list[str], path: list[str]) -> bool:
+    """Whether the shorter of the two is a folder prefix of the longer for some value of the templates
+    (NUL in a segment of ``template`` stands for any non-empty text without '/')."""
+    return all(re.fullmatch("[^/]+".join(re.escape(part) for part in t.split("\x00")), p)
+               for t, p in zip(template, path))
+
+
 def _looks_like_key(value: str) -> bool:
-    """An AWS access key id or a long random token where an env-var name belongs."""
-    return bool(re.match(r"^(AKIA|ASIA)[A-Z0-9]{12,}$", value)) or (len(value) >= 32 and not re.search(r"[_]", value))
+    """A key or token where an env-var name belongs: a known token prefix, or a long mixed-case random string.
+
+    Env-var names are words joined by ``_`` (``AWS_SECRET_ACCESS_KEY``, ``MyToken_2``); tokens are long runs
+    of mixed case and digits (``ghp_…``, ``sk_live_…``, base64).
+    """
+    if _TOKEN_RE.match(value):
+        return True
+    if len(value) >= 32 and "_" not in value:
+        return True
+    runs = [r for r in value.split("_") if r]
+    return any(len(r) >= 16 and re.search(r"[a-z]", r) and re.search(r"[A-Z]", r) and re.search(r"[0-9]", r)
+               for r in runs)
+
+
+def _check_name(value: str, what: str = "") -> str:
+    """A job name or model version: one safe path segment (no '/', no '..', no trailing newline)."""
+    if not _NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what}must be letters, digits, '-', '_' or '.', starting with a letter or digit (no '..')")
+    return value
+
+
+def _check_env_name(value: str, where: str = "") -> str:
+    """An env-var NAME, or ValueError that never echoes the value (it may be a secret)."""
+    if not isinstance(value, str) or _looks_like_key(value) or not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(f"{where}must be the NAME of an environment variable (letters, digits and _, not starting "
+                         "with a digit); never put a secret itself in a spec")
+    return value
+
+
+_NAMED_COLOURS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
+
+
+def background_rgb(value: str) -> tuple[int, int, int]:
+    """A colour of train.data.background as (r, g, b); ValueError when it is none."""
+    v = value.strip().lower()
+    if v in _NAMED_COLOURS:
+        return _NAMED_COLOURS[v]
+    m = re.fullmatch(r"#([0-9a-f]{3}|[0-9a-f]{6})", v)
+    if not m:
+        raise ValueError("must be white, black, gray or a #rrggbb colour")
+    h = m.group(1) if len(m.group(1)) == 6 else "".join(c * 2 for c in m.group(1))
+    return int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16)
 
 
 class Strict(BaseModel):
     """Base of every spec model: unknown keys are errors, values are validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: `.inf`/`.nan` in any float field (num_cpus, lr, ...) is a spec error, not a Ray crash.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -105,12 +177,7 @@ class Credentials(Strict):
     @field_validator("access_key_env", "secret_key_env", "session_token_env", "token_file_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and (not _ENV_NAME_RE.match(v) or _looks_like_key(v)):
-            raise ValueError(
-                "must be the NAME of an environment variable (letters, digits, _); "
-                "never put a secret itself in a spec"
-            )
-        return v
+        return v if v is None else _check_env_name(v)
 
 
 class StorageSpec(Strict):
@@ -131,8 +198,10 @@ class StorageSpec(Strict):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
-        if v is not None and not re.match(r"^https?://[^/\s]+", v):
+        if v is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?", v):
             raise ValueError("must be an http:// or https:// URL")
+        if v is not None and _has_userinfo(v):  # https://user:pass@host: never echo it
+            raise ValueError("must not carry credentials (user:password@); name env vars in storage.credentials")
         return v
 
     @field_validator("secret_key")
@@ -238,6 +307,14 @@ class DataSpec(Strict):
     limit: int | None = Field(None, gt=0, description="Use only the first N examples (handy for quick runs); text: the first N bytes of the corpus.")
     text_column: str | None = Field(None, description="text: the field of a .jsonl line or the Parquet column holding the text; default `text`.")
     heldout: float | None = Field(None, gt=0, lt=1, description="text: share of the corpus held out for perplexity (spread evenly, in 2 KiB segments); default 0.1.")
+    background: str | None = Field(None, description="images, parquet: colour that transparent pixels are composited on when the model has no alpha channel: `white`, `black`, `gray` or `#rrggbb`; default white.")
+
+    @field_validator("background")
+    @classmethod
+    def _background(cls, v: str | None) -> str | None:
+        if v is not None:
+            background_rgb(v)
+        return v
 
     @field_validator("uri")
     @classmethod
@@ -260,8 +337,20 @@ class TrainScaling(Strict):
 
     num_workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (DDP ranks).")
     use_gpu: bool = Field(False, description="One GPU per worker; enables mixed precision.")
-    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
-    resources_per_worker: dict[str, float] = Field(default_factory=dict, description="Extra custom resources per worker.")
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs reserved per worker.")
+    resources_per_worker: dict[str, Annotated[float, Field(ge=0, le=1e6)]] = Field(default_factory=dict, description="Extra custom resources per worker (e.g. a node label resource); `GPU` here needs use_gpu: true, CPUs go in cpus_per_worker.")
+
+    @model_validator(mode="after")
+    def _resources(self) -> TrainScaling:
+        for name in self.resources_per_worker:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_:.\-/]{0,99}", name):
+                raise ValueError("train.scaling.resources_per_worker: resource names are letters, digits, '_', "
+                                 "'-', '.', ':' or '/'")
+        if "CPU" in self.resources_per_worker:
+            raise ValueError("train.scaling.resources_per_worker: CPU is set by train.scaling.cpus_per_worker")
+        if self.resources_per_worker.get("GPU") and not self.use_gpu:
+            raise ValueError("train.scaling.resources_per_worker: GPU needs train.scaling.use_gpu: true")
+        return self
 
 
 class CheckpointSpec(Strict):
@@ -302,8 +391,13 @@ class TrainSpec(Strict):
     mixed_precision: bool = Field(True, description="bf16/fp16 autocast when training on GPU (ignored on CPU).")
     scaling: TrainScaling = Field(default_factory=TrainScaling, description="Ray Train scaling.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoints and recovery.")
-    version: str | None = Field(None, description="Model package version; default: spec fingerprint.")
+    version: str | None = Field(None, max_length=100, description="Model package version (one path segment: letters, digits, '-', '_', '.'); default: spec fingerprint.")
     lm: LMSpec | None = Field(None, description="Optimizer settings of a bytegpt model (defaults when left out); lr_g, lr_d, beta1, beta2 are the GAN's.")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        return v if v is None else _check_name(v)  # it becomes a folder: models/<name>/<version>
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> TrainSpec:
@@ -394,8 +488,8 @@ class GenerateScaling(Strict):
     """Actor pool for generation."""
 
     num_actors: int = Field(2, ge=1, le=4096, description="Generator actors (each loads the model once).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor.")
-    num_cpus: float = Field(0.5, gt=0, description="CPUs reserved per actor (fractional leaves room for Ray Data's own tasks).")
+    num_gpus: float = Field(0.0, ge=0, le=1024, description="GPUs per actor.")
+    num_cpus: float = Field(0.5, gt=0, le=1024, description="CPUs reserved per actor (fractional leaves room for Ray Data's own tasks).")
     batch_size: int = Field(256, ge=1, le=65536, description="Items per forward pass.")
 
 
@@ -412,6 +506,11 @@ class GenerateSpec(Strict):
     scaling: GenerateScaling = Field(default_factory=GenerateScaling, description="Actor pool.")
     safety: SafetySpec = Field(default_factory=SafetySpec, description="Prompt filter.")
     text: TextSamplingSpec | None = Field(None, description="Sampling of a text (bytegpt) model; defaults when left out.")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v)
 
     @field_validator("formats")
     @classmethod
@@ -438,6 +537,10 @@ class GenerateSpec(Strict):
     def _inputs(self) -> GenerateSpec:
         if self.seeds is None and self.prompts is None:
             raise ValueError("needs generate.seeds and/or generate.prompts")
+        if self.seeds is not None and -(-self.seeds.count // self.shard_size) > MAX_SHARDS:
+            raise ValueError(f"generate.seeds.count: {self.seeds.count:,} items in shards of {self.shard_size:,} are "
+                             f"{-(-self.seeds.count // self.shard_size):,} shards, over the limit of {MAX_SHARDS:,}; "
+                             "raise generate.shard_size")
         return self
 
 
@@ -455,18 +558,13 @@ class JobSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", v) or ".." in v:
-            raise ValueError("must be letters, digits, '-', '_' or '.', starting with a letter or digit")
-        return v
+        return _check_name(v)
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: list[str]) -> list[str]:
         for i, name in enumerate(v):
-            if _looks_like_key(name):  # never echo what may be a secret value
-                raise ValueError(f"item {i}: must be an environment variable NAME; never put a secret itself in a spec")
-            if not _ENV_NAME_RE.match(name):
-                raise ValueError(f"'{name[:60]}' is not an environment variable name")
+            _check_env_name(name, f"item {i}: ")
         return v
 
     @model_validator(mode="after")
@@ -487,13 +585,41 @@ class JobSpec(Strict):
             raise ValueError("generate.model: needed when the job has no train stage")
         if self.train is not None:
             self._check_text(is_text_model(self.train.model))
-        if gen is not None and self.train is not None and self.train.data.uri:
-            out = gen.output.replace("{root}", self.storage.root.rstrip("/"))
-            out = _norm_location(_TEMPLATE_RE.sub("x", out))
-            data = _norm_location(self.train.data.uri)
-            if out.startswith(data):
-                raise ValueError("generate.output: must not be inside the training data (train.data.uri)")
+        if gen is not None:
+            self._check_output_place(gen)
         return self
+
+    def _check_output_place(self, gen: GenerateSpec) -> None:
+        """generate.output never overlaps data the job reads, nor storage.root and the folders above it.
+
+        Generate publishes by removing files of its own that no shard lists, so a folder that also holds
+        training data, models or checkpoints must never be one it writes into. Templates ({name},
+        {date}, {run_id}) are checked for every value they could take.
+        """
+        rendered = gen.output.replace("{root}", self.storage.root.rstrip("/")).replace("{name}", self.name)
+        out = _segments(_TEMPLATE_RE.sub("\x00", rendered))
+        root = _segments(self.storage.root)
+        if len(out) <= len(root) and _prefix_could_match(out, root):
+            raise ValueError("generate.output: must not be storage.root or a folder above it (models/, checkpoints/ "
+                             "and runs/ live there); use e.g. {root}/generated/{name}/{date}")
+        for folder in ("models", "checkpoints", "runs"):
+            if _prefix_could_match(out, root + [folder]):
+                raise ValueError(f"generate.output: must not overlap storage.root's {folder}/ folder; "
+                                 "use e.g. {root}/generated/{name}/{date}")
+        for where, uri in self._data_uris():
+            data = _segments(uri)
+            if _prefix_could_match(out, data):
+                inside = len(out) >= len(data)
+                raise ValueError(f"generate.output: must not be {'inside' if inside else 'a folder above'} the "
+                                 f"training data ({where}); a run owns its output folder")
+
+    def _data_uris(self) -> list[tuple[str, str]]:
+        out = []
+        if self.train is not None and self.train.data.uri:
+            out.append(("train.data.uri", self.train.data.uri))
+        if self.evaluate is not None and self.evaluate.data is not None and self.evaluate.data.uri:
+            out.append(("evaluate.data.uri", self.evaluate.data.uri))
+        return out
 
     def _check_text(self, text: bool) -> None:
         """Settings of one kind of model (image or text) given to a job that trains the other kind."""
@@ -560,9 +686,41 @@ def _format_errors(source: str, err: ValidationError) -> list[str]:
     return lines
 
 
+def _duplicate_key(node: Any, path: tuple[str, ...] = ()) -> tuple[str, int] | None:
+    """The first key that a YAML mapping repeats, as (key path, line), anywhere under ``node``.
+
+    PyYAML keeps the last of two equal keys without a word; a second ``safety: {}`` would silently
+    drop the blocklist above it. Walks iteratively: the nesting depth is the user's to choose.
+    """
+    stack = [(node, path)]
+    while stack:
+        n, p = stack.pop()
+        if isinstance(n, yaml.MappingNode):
+            seen: set[str] = set()
+            for k, v in n.value:
+                key = str(k.value) if isinstance(k, yaml.ScalarNode) else f"<{k.tag.rsplit(':', 1)[-1]} key>"
+                if isinstance(k, yaml.ScalarNode) and key in seen and key != "<<":
+                    return ".".join(p + (key,)), k.start_mark.line + 1
+                seen.add(key)
+                stack.append((v, p + (key,)))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend((v, p + (str(i),)) for i, v in enumerate(n.value))
+    return None
+
+
 def _yaml_load(text: str, source: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            dup = _duplicate_key(node)
+            if dup is not None:
+                raise SpecError([f"{source}: line {dup[1]}: {dup[0]}: duplicate key (each key may appear once)"])
+            return loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except SpecError:
+        raise
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -600,9 +758,32 @@ def _resolve_include(name: str, job_path: Path, source: str) -> Path:
     raise SpecError([f"{source}: include: '{name}' not found (looked beside the job and in configs/)"])
 
 
-def _load_raw(path: Path, source: str, seen: tuple[Path, ...] = ()) -> dict:
-    if path.resolve() in seen:
-        raise SpecError([f"{source}: include: '{path}' includes itself"])
+MAX_INCLUDE_FILES = 64  # distinct files one job may pull in
+MAX_INCLUDES = 256  # include references in all, counting a file named twice twice
+
+
+class _Includes:
+    """What one load_job has read: each file parsed and merged once, however often it is included."""
+
+    def __init__(self) -> None:
+        self.loaded: dict[Path, dict] = {}
+        self.files = 0
+        self.references = 0
+
+    def load(self, path: Path, source: str, seen: tuple[Path, ...]) -> dict:
+        key = path.resolve()
+        if key in seen:
+            raise SpecError([f"{source}: include: '{path}' includes itself"])
+        if key not in self.loaded:
+            self.files += 1  # counted on the way down: a chain of 1,000 includes stops at the 65th
+            if self.files > MAX_INCLUDE_FILES:
+                raise SpecError([f"{source}: include: more than {MAX_INCLUDE_FILES} files in one job"])
+            self.loaded[key] = _load_raw(path, source, seen, self)
+        return self.loaded[key]
+
+
+def _load_raw(path: Path, source: str, seen: tuple[Path, ...] = (), includes: _Includes | None = None) -> dict:
+    includes = includes or _Includes()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -616,17 +797,20 @@ def _load_raw(path: Path, source: str, seen: tuple[Path, ...] = ()) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise SpecError([f"{source}: a job spec must be a YAML mapping, not {type(data).__name__}"])
-    includes = data.pop("include", None)
-    if includes is None:
+    names = data.pop("include", None)
+    if names is None:
         return data
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(i, str) for i in names):
         raise SpecError([f"{source}: include: must be a file name or a list of file names"])
     merged: dict = {}
-    for inc in includes:
+    for inc in names:
+        includes.references += 1
+        if includes.references > MAX_INCLUDES:
+            raise SpecError([f"{source}: include: more than {MAX_INCLUDES} includes in one job"])
         inc_path = _resolve_include(inc, path, source)
-        merged = deep_merge(merged, _load_raw(inc_path, str(inc_path), seen + (path.resolve(),)))
+        merged = deep_merge(merged, includes.load(inc_path, str(inc_path), seen + (path.resolve(),)))
     return deep_merge(merged, data)
 
 
@@ -636,7 +820,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise SpecError([f"--set {item}: expected KEY=VALUE, e.g. generate.seeds.count=100"])
     key, _, raw = item.partition("=")
     key = key.strip()
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", key):
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
         raise SpecError([f"--set {item}: '{key}' is not a dotted key path"])
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
@@ -694,7 +878,7 @@ def check_date(value: str) -> str:
 
 
 def check_run_id(value: str) -> str:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", value) or ".." in value:
+    if not isinstance(value, str) or not _RUN_ID_RE.fullmatch(value) or ".." in value:
         raise SpecError([f"--run-id {value}: use letters, digits, '-', '_' or '.' (no '/', no '..')"])
     return value
 

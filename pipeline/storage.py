@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -237,35 +238,92 @@ class Store:
             self.fs.invalidate_cache(self.path(rel))  # other processes write here: never trust a cached listing
             return self.fs.exists(self.path(rel))
 
+    def size(self, rel: str) -> int:
+        """Bytes in one file, without reading it."""
+        with self.errors(rel):
+            return int(self.fs.size(self.path(rel)))
+
     def read(self, rel: str) -> bytes:
         with self.errors(rel):
             return self.fs.cat_file(self.path(rel))
 
-    def read_json(self, rel: str) -> Any:
+    def read_json(self, rel: str, max_bytes: int = 1 << 30) -> Any:
+        """A control file as JSON: a regular file of at most ``max_bytes``, never a FIFO or a device."""
+        entry = self.entry(rel)
+        if entry is None:
+            raise NotFound(f"{self.url(rel)}: not found")
+        if not entry["regular"]:
+            raise StorageError(f"{self.url(rel)}: not a regular file (a symlink, FIFO or device)")
+        if entry["size"] > max_bytes:
+            raise StorageError(f"{self.url(rel)}: {entry['size']:,} bytes, too large for a control file")
         data = self.read(rel)
         try:
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise StorageError(f"{self.url(rel)}: not valid JSON") from None
 
+    def entry(self, rel: str) -> dict | None:
+        """``{"size", "regular"}`` of one path (``regular``: a plain file, not a symlink, FIFO or device), or None."""
+        with self.errors(rel):
+            path = self.path(rel)
+            if self.local:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    return None
+                return {"size": st.st_size, "regular": stat.S_ISREG(st.st_mode)}
+            self.fs.invalidate_cache(path)
+            try:
+                info = self.fs.info(path)
+            except FileNotFoundError:
+                return None
+            return {"size": int(info.get("size") or 0), "regular": info.get("type") == "file"}
+
+    def children(self) -> list[str]:
+        """Names directly under the root (files and folders); [] when it does not exist yet."""
+        with self.errors():
+            if self.local:
+                try:
+                    return sorted(os.listdir(self.root))
+                except FileNotFoundError:
+                    return []
+                except NotADirectoryError:
+                    raise StorageError(f"{self.uri}: is a file, not a folder") from None
+            self.fs.invalidate_cache(self.root)
+            if not self.fs.exists(self.root):
+                return []
+            return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
+
     def list(self, rel: str = "") -> list[str]:
-        """All files under ``rel``, recursively, as paths relative to the store root."""
+        """All files under ``rel``, recursively, as paths relative to the store root.
+
+        Symlinks are listed as entries of their own and never followed (see :meth:`entries`).
+        """
+        return sorted(self.entries(rel))
+
+    def entries(self, rel: str = "") -> dict[str, dict]:
+        """Every file under ``rel`` → ``{"size", "regular"}``, recursively, relative to the store root.
+
+        A symlinked folder is one entry, not descended into; a symlink, FIFO or device is listed
+        with ``regular: False``, so that no caller reads or deletes through it.
+        """
         base = self.path(rel) if rel else self.root
         with self.errors(rel):
             self.fs.invalidate_cache(base)  # Ray workers write here: a cached listing would miss their files
-            if not self.fs.exists(base):
+            if not self.fs.exists(base) and not (self.local and os.path.islink(base)):
                 # An empty listing of a missing bucket would read as "nothing written yet".
                 bucket = self.root.split("/")[0]
                 if {"s3", "gs"} & set(_protocols(self.fs)) and bucket and not self.fs.exists(bucket):
                     raise StorageError(f"{self.url()}: bucket does not exist")
-                return []
-            found = self.fs.find(base)
+                return {}
+            found = self.fs.find(base, detail=True)
         prefix = self.root.rstrip("/") + "/"
-        out = []
-        for p in found:
+        out = {}
+        for p, info in found.items():
             if p.startswith(prefix):
-                out.append(p[len(prefix):])
-        return sorted(out)
+                out[p[len(prefix):]] = {"size": int(info.get("size") or 0),
+                                        "regular": info.get("type") == "file" and not info.get("islink")}
+        return out
 
     # -- writes
     def write(self, rel: str, data: bytes) -> None:
@@ -314,11 +372,29 @@ class Store:
         with ThreadPoolExecutor(min(self.spec.max_concurrency, 16)) as pool:
             list(pool.map(lambda kv: self.write(*kv), files.items()))
 
-    def delete(self, rels: Iterable[str]) -> None:
-        paths = [self.path(r) for r in rels]
-        if paths:
+    def delete(self, rels: Iterable[str]) -> list[str]:
+        """Delete these files; returns those deleted. Never deletes through or at a symlink: on a local
+        disk a path with a symlinked folder on the way, or that is not a regular file, is left alone."""
+        rels = [r for r in rels if not self.local or self._plain_file(r)]
+        if rels:
             with self.errors():
-                self.fs.rm(paths)
+                self.fs.rm([self.path(r) for r in rels])
+        return rels
+
+    def _plain_file(self, rel: str) -> bool:
+        """A regular file reached from the root through real folders only (local disks)."""
+        parts = safe_relpath(rel).split("/")
+        path = self.root
+        for i, part in enumerate(parts):
+            path = os.path.join(path, part)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                return False
+            last = i == len(parts) - 1
+            if (last and not stat.S_ISREG(st.st_mode)) or (not last and not stat.S_ISDIR(st.st_mode)):
+                return False
+        return True
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
@@ -331,12 +407,72 @@ _FORWARD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
                 "GOOGLE_APPLICATION_CREDENTIALS")
 
 
-def forwarded_env(job) -> dict[str, str]:
-    """Env vars Ray workers need to reach storage: the ones a JobSpec names, plus standard cloud ones."""
+class WorkerEnv:
+    """Env vars that Ray workers need to reach storage, carried to them in task arguments.
+
+    Never put these in ``runtime_env["env_vars"]``: Ray's runtime-env agent logs that dict in plain
+    text (``logs/runtime_env_agent.log`` of the session, and the dashboard on a cluster). Task and
+    actor arguments are pickled into the task itself and appear in no log. ``repr`` shows the
+    names only. A worker calls :meth:`apply` before it touches storage; what the cluster set for
+    it (KubeRay ``envFrom``) is overridden only by the values the driver itself holds.
+    """
+
+    def __init__(self, values: dict[str, str] | None = None):
+        self._values = dict(values or {})
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._values)
+
+    def apply(self) -> None:
+        os.environ.update(self._values)
+
+    def __repr__(self) -> str:
+        return f"WorkerEnv({', '.join(self.names)})"
+
+    __str__ = __repr__
+
+
+def worker_env(job) -> WorkerEnv:
+    """The env a job's workers need: the names a JobSpec lists, its credential names and the standard
+    cloud ones, with the driver's values for those it has."""
     creds = job.storage.credentials
     names = {*_FORWARD_ENV, *job.env, *(n for n in (creds.access_key_env, creds.secret_key_env,
                                                     creds.session_token_env, creds.token_file_env) if n)}
-    return {n: os.environ[n] for n in sorted(names) if n in os.environ}
+    return WorkerEnv({n: os.environ[n] for n in sorted(names) if n in os.environ})
+
+
+def absolute_uri(uri: str) -> str:
+    """``uri`` as recorded in manifests and run records: a local path made absolute (so a reader in
+    another directory finds it), any other URI unchanged."""
+    if uri_scheme(uri) != "file":
+        return uri
+    if uri.lower().startswith("file://"):
+        return "file://" + os.path.abspath(os.path.expanduser(uri[len("file://"):]))
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def resolve_recorded(uri: str, recorded_in: str) -> str:
+    """A URI read from a manifest or model.json, made usable from any working directory.
+
+    Absolute paths and remote URIs are returned as they are. A relative local path (what releases
+    before 0.1.1 recorded, relative to the directory the run was started in) is tried against the
+    working directory, then against each folder above the file that recorded it.
+    """
+    if uri_scheme(uri) != "file" or os.path.isabs(uri.removeprefix("file://")) or uri_scheme(recorded_in) != "file":
+        return uri
+    rel = uri.removeprefix("file://")
+    if os.path.exists(rel):
+        return os.path.abspath(rel)
+    base = os.path.abspath(recorded_in.removeprefix("file://"))
+    while True:
+        candidate = os.path.join(base, rel)
+        if os.path.exists(candidate):
+            return candidate
+        parent = os.path.dirname(base)
+        if parent == base:
+            return uri
+        base = parent
 
 
 # --------------------------------------------------------------------------------------------- commits
@@ -442,11 +578,16 @@ class VerifyReport:
         return out
 
 
-def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, present: set[str]) -> None:
+def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, present: dict[str, dict]) -> None:
     def check(item: tuple[str, dict]) -> tuple[str, str | None]:
         rel, rec = item
-        if rel not in present:
+        entry = present.get(rel)
+        if entry is None:
             return rel, "missing"
+        if not entry["regular"]:  # a symlink (out of the root, to /dev/zero), a FIFO: never read through it
+            return rel, "not a regular file"
+        if entry["size"] != rec["size"]:
+            return rel, "corrupt"
         try:
             data = store.read(rel)
         except StorageError:
@@ -462,22 +603,42 @@ def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, 
                 report.missing.append(rel)
             elif status == "corrupt":
                 report.corrupt.append(rel)
+            elif status is not None:
+                report.problems.append(f"{rel}: {status} (a symlink, FIFO or device); an output holds plain files")
             else:
                 report.bytes_checked += expected[rel]["size"]
 
 
+def _read_index(store: Store, rel: str, entry: dict) -> bytes:
+    if not entry["regular"]:
+        raise StorageError(f"{rel}: not a regular file (a symlink, FIFO or device)")
+    if entry["size"] > 1 << 30:
+        raise StorageError(f"{rel}: {entry['size']:,} bytes, too large for a shard index")
+    return store.read(rel)
+
+
 def verify(uri: str, spec: StorageSpec | None = None) -> VerifyReport:
-    """Recompute every checksum the manifest lists; name each missing, extra or corrupt file."""
+    """Recompute every checksum the manifest lists; name each missing, extra or corrupt file.
+
+    Only plain files count: a listed symlink, FIFO or device is a problem, never read through. The
+    manifest's counts must agree with the shards it lists (a manifest claiming 2,000 items over no
+    shards fails).
+    """
     store = Store(uri, spec)
     report = VerifyReport(uri=store.uri)
-    present = set(store.list())
+    present = store.entries()
     if MANIFEST not in present:
         report.ok = False
         report.problems.append("no manifest.json: this output was never published (or is not an aigc output)")
         return report
     if SUCCESS not in present:
         report.problems.append("no _SUCCESS marker: the publish did not finish")
-    manifest = store.read_json(MANIFEST)
+    try:
+        manifest = store.read_json(MANIFEST)
+    except StorageError as exc:
+        report.ok = False
+        report.problems.append(f"manifest.json: {str(exc).rsplit(': ', 1)[-1]}")
+        return report
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         report.ok = False
         report.problems.append(f"manifest.json: not an {MANIFEST_FORMAT} manifest")
@@ -485,26 +646,52 @@ def verify(uri: str, spec: StorageSpec | None = None) -> VerifyReport:
     expected: dict[str, dict] = {}
     index_files: set[str] = set()
     unchecked: set[str] = set()  # files of a corrupt shard index: not checkable, but not "extra" either
+    items = 0
     try:  # a hand-edited or truncated manifest is a finding, not a traceback
         expected.update(manifest.get("files", {}))
-        for sid, rec in manifest.get("shards", {}).items():
+        shards = manifest.get("shards", {})
+        for sid, rec in shards.items():
             rel = rec["index"]
             index_files.add(rel)
             if rel not in present:
                 report.missing.append(rel)
                 continue
-            data = store.read(rel)
+            data = _read_index(store, rel, present[rel])
             if sha256(data) != rec["index_sha256"]:
                 report.corrupt.append(rel)
-                with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+                with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError, RecursionError):
                     unchecked.update(json.loads(data)["files"])
                 continue
-            expected.update(json.loads(data)["files"])
+            index = json.loads(data)
+            if index.get("items") != rec.get("items"):
+                report.problems.append(f"{rel}: holds {index.get('items')} items, the manifest says {rec.get('items')}")
+            items += int(index.get("items") or 0)
+            expected.update(index["files"])
         _check_files(store, expected, report, present)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        _check_counts(manifest, shards, items, expected, report)
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError, StorageError) as exc:
         report.ok = False
         report.problems.append(f"manifest.json: malformed ({type(exc).__name__}: {str(exc)[:100]})")
         return report
-    report.extra = sorted(present - set(expected) - index_files - unchecked - set(_CONTROL))
+    report.extra = sorted(set(present) - set(expected) - index_files - unchecked - set(_CONTROL))
     report.ok = not (report.missing or report.corrupt or report.extra or report.problems)
     return report
+
+
+def _check_counts(manifest: dict, shards: dict, items: int, expected: dict, report: VerifyReport) -> None:
+    """The manifest's own counts against what its shards hold (only where nothing was missing or corrupt,
+    which would already explain a difference)."""
+    counts = manifest.get("counts")
+    if not isinstance(counts, dict):
+        report.problems.append("manifest.json: has no counts")
+        return
+    if "shards" in counts and counts["shards"] != len(shards):
+        report.problems.append(f"manifest.json: counts.shards says {counts['shards']:,} but it lists {len(shards):,}")
+    if report.missing or report.corrupt:
+        return
+    if "items" in counts and counts["items"] != items:
+        report.problems.append(f"manifest.json: counts.items says {counts['items']:,} but its shards hold {items:,}")
+    if shards and "files" in counts:
+        listed = len(expected) - len(manifest.get("files", {}))
+        if counts["files"] != listed:
+            report.problems.append(f"manifest.json: counts.files says {counts['files']:,} but its shards list {listed:,}")

@@ -30,12 +30,23 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.specs import JobSpec, check_date, check_run_id, today, uri_scheme
 
-# What never goes to the cluster: VCS, environments, outputs, caches and anything credential-like.
-EXCLUDES = [
+# What never goes to the cluster: VCS, environments, outputs and caches ...
+_BULKY = [
     ".git", ".venv", "venv", "outputs", "__pycache__", "*.pyc", ".pytest_cache", ".hypothesis", "*.egg-info",
     "build", "dist", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints",
-    ".env", ".env.*", "*.pem", "*.key", ".aws", ".ssh", "credentials", "credentials.*", "*.token", "auth_token",
 ]
+# ... and anything credential-like, at any depth (gitignore patterns, as Ray matches excludes). Files
+# and folders matching these are named on stderr at submit time.
+CREDENTIAL_PATTERNS = [
+    ".env", ".env.*", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.token", "auth_token",
+    "token.txt", "credentials", "credentials.*", ".aws", ".ssh", "id_rsa", "id_rsa.*", "id_dsa", "id_ecdsa",
+    "id_ecdsa.*", "id_ed25519", "id_ed25519.*", ".netrc", "_netrc", ".git-credentials", ".pgpass",
+    "secrets.yaml", "secrets.yml", "secrets.json", "secrets.toml", "*.tfvars", "*.tfvars.json", "*.tfstate",
+    "*.tfstate.backup", ".kube", "kubeconfig", ".docker", ".pypirc", ".npmrc", ".yarnrc", ".s3cfg", ".boto",
+    "rclone.conf", "**/.config/gcloud", "application_default_credentials.json", "service-account*.json",
+    "*-sa-key.json", "*_sa_key.json", "*.gpg", ".gnupg", ".vault-token",
+]
+EXCLUDES = _BULKY + CREDENTIAL_PATTERNS
 WORKING_DIR_LIMIT = 100 * 1024 * 1024
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -81,28 +92,56 @@ def submission_id(job: JobSpec, run_id: str, attempt: int = 1) -> str:
     return base if attempt == 1 else f"{base}-r{attempt}"
 
 
-def _dir_size(root: Path) -> int:
-    import fnmatch
+def _matcher(patterns: list[str]):
+    """A gitignore matcher over paths relative to the working dir: Ray's own (its vendored pathspec,
+    matched on the relative path as Ray's packaging does), so what we name is what Ray leaves out."""
+    from ray._private.thirdparty.pathspec import PathSpec
 
-    total = 0
+    spec = PathSpec.from_lines("gitwildmatch", patterns)
+    return lambda rel, is_dir: spec.match_file(rel)
+
+
+def upload_plan(root: Path) -> tuple[int, list[str]]:
+    """(bytes Ray will upload, credential-like paths left out), walking ``root`` as Ray does."""
+    excluded, credential = _matcher(EXCLUDES), _matcher(CREDENTIAL_PATTERNS)
+    total, left_out = 0, []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not any(fnmatch.fnmatch(d, p) for p in EXCLUDES)]
-        for f in filenames:
-            if not any(fnmatch.fnmatch(f, p) for p in EXCLUDES):
+        base = Path(dirpath).relative_to(root).as_posix()
+        keep = []
+        for d in sorted(dirnames):
+            rel = d if base == "." else f"{base}/{d}"
+            if credential(rel, True):
+                left_out.append(rel + "/")
+            elif not excluded(rel, True):
+                keep.append(d)
+        dirnames[:] = keep
+        for f in sorted(filenames):
+            rel = f if base == "." else f"{base}/{f}"
+            if credential(rel, False):
+                left_out.append(rel)
+            elif not excluded(rel, False):
                 try:
                     total += os.path.getsize(os.path.join(dirpath, f))
                 except OSError:
                     pass
-    return total
+    return total, left_out
 
 
-def runtime_env(job: JobSpec, working_dir: Path) -> dict:
-    size = _dir_size(working_dir)
+def runtime_env(job: JobSpec, working_dir: Path, log=None) -> dict:
+    """The job's runtime_env: the project as working_dir, credential-like files left out, and no
+    environment values at all (Ray's runtime-env agent logs ``env_vars`` in plain text)."""
+    log = log or (lambda line: print(line, file=sys.stderr))
+    size, left_out = upload_plan(working_dir)
     if size > WORKING_DIR_LIMIT:
         raise PipelineError(f"{working_dir}: {size / 2**20:.0f} MiB to upload is over Ray's 100 MiB working_dir limit; "
                             "move data out of the project folder")
-    env = {n: os.environ[n] for n in job.env if n in os.environ}
-    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES), "env_vars": env}
+    if left_out:
+        shown = ", ".join(left_out[:50]) + (f" and {len(left_out) - 50} more" if len(left_out) > 50 else "")
+        log(f"note: not uploaded, credential-like: {shown}")
+    if job.env:
+        log(f"note: env {', '.join(job.env)}: values are never uploaded (Ray logs runtime_env in plain text); "
+            "the cluster must set them (KubeRay envFrom, or the environment of `ray start`)")
+    return {"working_dir": str(working_dir), "excludes": list(EXCLUDES)}
 
 
 def entrypoint(job_path: str, date: str | None = None, run_id: str | None = None, overrides: list[str] = ()) -> str:

@@ -82,7 +82,8 @@ from pipeline.models.ema import ema_update, recalibrate_bn
 from pipeline.models.text_encoder import Features, caption, caption_classes, featurize, with_classes
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
 from pipeline.specs import JobSpec, TrainSpec, is_text_model, uri_scheme
-from pipeline.storage import Store, StorageError, is_published, open_fs, package_versions, sha256
+from pipeline.storage import (Store, StorageError, WorkerEnv, absolute_uri, is_published, open_fs, package_versions,
+                              sha256, worker_env)
 
 CHECKPOINT_FORMAT = "aigc-checkpoint/1"
 MODELS_FILE = "models.safetensors"
@@ -157,6 +158,7 @@ class LoopConfig:
     data_fingerprint: str
     progress: Any = None  # ray.util.queue.Queue for live progress, or None
     classes: list[str] = field(default_factory=list)  # class names by label id (captions for a text encoder)
+    env: WorkerEnv = field(default_factory=WorkerEnv)  # storage credentials: in the task, never in a Ray log
 
 
 @dataclass
@@ -668,6 +670,7 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     cfg: LoopConfig = config["cfg"]
+    cfg.env.apply()
     t = cfg.job.train
     assert t is not None
     ctx = ray.train.get_context()
@@ -923,13 +926,6 @@ def _training_error(exc: BaseException) -> PipelineError:
     return PipelineError(f"training failed: {(text[-1] if text else type(root).__name__)[:300]}")
 
 
-def _worker_env(job: JobSpec) -> dict[str, str]:
-    """Env vars the workers need to reach storage (the same set generation forwards)."""
-    from pipeline.storage import forwarded_env
-
-    return forwarded_env(job)
-
-
 def _check_resources(t: TrainSpec, embedded: bool) -> None:
     import ray
 
@@ -968,23 +964,30 @@ def _run_fit(job: JobSpec, run: RunLocation, data: TrainData, on_progress: Calla
     t = job.train
     assert t is not None
     queue = Queue(actor_options={"num_cpus": 0}) if on_progress is not None else None
-    cfg = LoopConfig(job=job, run=run, data_fingerprint=data.fingerprint, progress=queue, classes=data.classes)
-    trainer = TorchTrainer(
-        loop or train_loop_per_worker,
-        train_loop_config={"cfg": cfg},
-        torch_config=torch_config(),
-        scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
-                                     resources_per_worker={"CPU": t.scaling.cpus_per_worker,
-                                                           **t.scaling.resources_per_worker}),
-        run_config=RunConfig(name=run.name, storage_path=run.storage_path, storage_filesystem=run.fs,
-                             failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
-                             worker_runtime_env={"env_vars": _worker_env(job)},
-                             logging_config=LoggingConfig(log_level="WARNING")),
-        datasets={"train": data.dataset},
-        # Every worker gets the whole dataset; each takes its deterministic slice per epoch.
-        dataset_config=DataConfig(datasets_to_split=[]),
-    )
+    cfg = LoopConfig(job=job, run=run, data_fingerprint=data.fingerprint, progress=queue, classes=data.classes,
+                     env=worker_env(job))
+    try:  # Ray checks scaling and run settings here; a refusal is the user's to fix, in one line
+        trainer = TorchTrainer(
+            loop or train_loop_per_worker,
+            train_loop_config={"cfg": cfg},
+            torch_config=torch_config(),
+            scaling_config=ScalingConfig(num_workers=t.scaling.num_workers, use_gpu=t.scaling.use_gpu,
+                                         resources_per_worker={"CPU": t.scaling.cpus_per_worker,
+                                                               **t.scaling.resources_per_worker}),
+            run_config=RunConfig(name=run.name, storage_path=run.storage_path, storage_filesystem=run.fs,
+                                 failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
+                                 logging_config=LoggingConfig(log_level="WARNING")),
+            datasets={"train": data.dataset},
+            # Every worker gets the whole dataset; each takes its deterministic slice per epoch.
+            dataset_config=DataConfig(datasets_to_split=[]),
+        )
+    except (ValueError, TypeError) as exc:
+        if queue is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(queue.actor)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise PipelineError(f"train.scaling: Ray refused the training settings ({first})") from None
     stop = threading.Event()
 
     def pump() -> None:
@@ -1126,8 +1129,8 @@ def export_result(job: JobSpec, run: RunLocation, data: Any, ck: LoadedCheckpoin
     history = ck.state["history"]
     meta = {"job": job.name, "version": version, "train_fingerprint": job.fingerprint("train"),
             "train": t.model_dump(mode="json", exclude_none=True), "data": data.summary(), "metrics": history,
-            "epochs": ck.epoch + 1, "global_step": int(ck.state["global_step"]), "run": run.uri,
-            "checkpoint": ck.where, **meta, "versions": package_versions(),
+            "epochs": ck.epoch + 1, "global_step": int(ck.state["global_step"]), "run": absolute_uri(run.uri),
+            "checkpoint": absolute_uri(ck.where), **meta, "versions": package_versions(),
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     model_sha = export_package(pkg_uri, model, config, meta, job.storage, job.name)
     first_run = 0 if resumed_from is None else resumed_from + 1

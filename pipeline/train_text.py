@@ -171,6 +171,7 @@ def text_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     cfg: LoopConfig = config["cfg"]
+    cfg.env.apply()
     t = cfg.job.train
     assert t is not None
     lm = t.lm or LMSpec()

@@ -155,7 +155,8 @@ def test_resume_after_partial_run_removes_orphans(ray_session, package, tmp_path
     for name in ("_SUCCESS", "manifest.json", "_shards/s000001.json"):
         (out / name).unlink()
     (out / "images" / "s000001" / "s000000000150.png").write_bytes(b"torn")
-    (out / "images" / "s000001" / "junk.png.tmp-abc").write_bytes(b"leftover")
+    # what Store.write leaves when killed mid-write: the item's name plus .tmp-<12 hex>
+    (out / "images" / "s000001" / "s000000000151.png.tmp-0123456789ab").write_bytes(b"leftover")
     said = []
     again = run_generate(job(tmp_path / "crash", package), date=DATE, progress=False, log=said.append)
     assert not again.skipped and again.shards_skipped == 2 and again.items == 300
