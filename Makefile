@@ -3,22 +3,24 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Ray on loopback only (DESIGN §4): node IP 127.0.0.1 and every Ray socket bound to loopback.
+# Ray on loopback only (docs/architecture.md, "Ray on a small machine"): node IP 127.0.0.1 and every Ray socket bound to loopback.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 export RAY_USAGE_STATS_ENABLED := 0
 # Hard outer limit for the suite, so a hung Ray fails CI fast instead of eating its budget.
 TEST_TIMEOUT ?= 2700
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow lint bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml examples/aigc-family-example/pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: 2.13.0 is the CPU wheel on this machine; a bare `torch` pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# the out-of-tree family example (registers `arch: tiny-gan` by entry point; tests use it)
+	$(BIN)/python -m pip install -q --no-deps -e examples/aigc-family-example
 	touch $@
 
 demo: install
@@ -26,7 +28,11 @@ demo: install
 	$(BIN)/aigc report outputs/generated/demo/$$(date +%F)
 
 test: install
+	$(BIN)/ruff check .
 	timeout -s TERM -k 30 $(TEST_TIMEOUT) $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
 
 test-slow: install
 	timeout -s TERM -k 30 3600 $(BIN)/python -m pytest -q -m slow

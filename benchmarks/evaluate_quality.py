@@ -31,8 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.evaluate import evaluate_package, load_extractor, real_data, score_images, split_real
-from pipeline.models import build_generator
+from pipeline.evaluate import evaluate_package
+from pipeline.image.features import load_extractor
+from pipeline.image.metrics import score_images
+from pipeline.image.realdata import real_data, split_real
+from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package, load_package
 from pipeline.specs import EvaluateSpec
 
@@ -54,7 +57,7 @@ class TrainingImages(torch.nn.Module):
 def baseline_package(src, root: Path, name: str, zero: bool) -> str:
     """A package with src's architecture and model.json data, untrained (seed 0) or with zeroed weights."""
     torch.manual_seed(0)
-    g = build_generator(src.config)
+    g = Generator(src.config)
     if zero:
         with torch.no_grad():
             for p in g.parameters():
@@ -65,10 +68,10 @@ def baseline_package(src, root: Path, name: str, zero: bool) -> str:
 
 
 def grid(pkg_uri: str, path: str) -> None:
-    from pipeline.train import grid_png
+    from pipeline.image.grid import grid_png
 
     pkg = load_package(pkg_uri)
-    g = pkg.build_generator()
+    g = pkg.build_model()
     z = torch.randn(100, pkg.config.z_dim, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(100) % pkg.config.num_classes if pkg.config.conditional else None
     with torch.inference_mode():

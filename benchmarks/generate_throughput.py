@@ -29,10 +29,11 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import torch
 
 from common import MODEL, RssSampler, job_spec
-from pipeline.encode import SCHEMA, encode_png, logical_time, parquet_bytes, provenance
+from pipeline.image.png import SCHEMA, encode_png, provenance
+from pipeline.encode import logical_time, parquet_bytes
 from pipeline.generate import item_seed, run_generate, seed_item_id
 from pipeline.localcluster import free_port
-from pipeline.models import build_generator
+from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package, load_package
 from pipeline.storage import sha256
 
@@ -42,7 +43,7 @@ def plain_loop(model_uri: str, out: Path, n: int, batch: int = 256) -> float:
     """The baseline: one process, 2 torch threads, forward + PNG + Parquet per 1000 items."""
     torch.set_num_threads(2)
     pkg = load_package(model_uri)
-    g = pkg.build_generator()
+    g = pkg.build_model()
     created = logical_time("2026-01-01")
     t0 = time.perf_counter()
     for shard, lo in enumerate(range(0, n, 1000)):
@@ -82,7 +83,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="aigc-bench-"))
     model_uri = str(tmp / "model")
     torch.manual_seed(0)
-    export_package(model_uri, build_generator(MODEL), MODEL, {"note": "benchmark, untrained"})
+    export_package(model_uri, Generator(MODEL), MODEL, {"note": "benchmark, untrained"})
 
     from pipeline.runtime import ensure_ray
 

@@ -25,7 +25,7 @@ import torch
 
 from common import MODEL, RssSampler, job_spec
 from pipeline.generate import run_generate
-from pipeline.models import build_generator
+from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     root = Path(args.root or tempfile.mkdtemp(prefix="aigc-scale-"))
     torch.manual_seed(0)
     model_uri = str(root / "model")
-    export_package(model_uri, build_generator(MODEL), MODEL, {"note": "scale benchmark, untrained"})
+    export_package(model_uri, Generator(MODEL), MODEL, {"note": "scale benchmark, untrained"})
 
     from pipeline.runtime import ensure_ray
 

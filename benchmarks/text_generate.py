@@ -32,10 +32,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.complete import TEXT_SCHEMA
+from pipeline.families.bytegpt.sampler import TEXT_SCHEMA
 from pipeline.encode import logical_time, parquet_bytes
 from pipeline.generate import item_seed, prompt_item_id, run_generate
-from pipeline.models.textgen import complete
+from pipeline.families.bytegpt.model import complete
 from pipeline.package import load_package
 from pipeline.specs import TextSamplingSpec, load_job, validate_job
 
@@ -94,7 +94,7 @@ def main() -> None:
 
     model_uri = args.model
     if model_uri is None:
-        from pipeline.train import train
+        from pipeline.train.driver import train
 
         t = time.perf_counter()
         res = train(demo)

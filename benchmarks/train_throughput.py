@@ -24,10 +24,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch
 
-from pipeline.data import digits_arrays, to_float
+from pipeline.image.data import digits_arrays, to_float
 from pipeline.runtime import ensure_ray
 from pipeline.specs import validate_job
-from pipeline.train import build_models, epoch_indices, gan_step, make_optimizers, train
+from pipeline.families.dcgan.loop import build_models, gan_step, make_optimizers
+from pipeline.train.worker import epoch_indices
+from pipeline.train.driver import train
 
 BATCH = 64
 

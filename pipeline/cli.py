@@ -17,7 +17,7 @@ from pipeline import specs
 from pipeline.errors import USER_ERRORS, exit_code_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="aigc-pipeline: train a GAN with Ray Train, bulk-generate assets with Ray Data.")
+                  help="aigc-pipeline: train a generative model (GAN, VAE, GPT or your own) with Ray Train, bulk-generate assets with Ray Data.")
 
 JobArg = Annotated[str, typer.Argument(help="Job spec YAML, e.g. jobs/demo.yaml.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec key: --set generate.seeds.count=100 (repeatable).")]
@@ -161,22 +161,15 @@ def logs(submission_id: Annotated[str, typer.Argument(help="Submission id printe
 @handles_errors
 def train(job: JobArg, set_: SetOpt = None) -> None:
     """Train the job's model (GAN or text) with Ray Train, resuming from its last checkpoint; export a model package."""
-    from pipeline.train import train as train_job
+    from pipeline.train.driver import train as train_job
 
     spec = load(job, set_)
     result = train_job(spec, on_progress=lambda p: typer.echo(p.line()))
     if result.skipped:
         typer.echo(f"already trained from this spec: {result.package_uri}")
         return
-    last = result.history[-1] if result.history else {}
     ran = f"epochs {result.epochs_run[0] + 1}-{result.epochs_run[-1] + 1}" if result.epochs_run else "no epochs"
-    if "perplexity" in last:  # a text model
-        figures = (f"{result.data.get('tokens', 0):,} bytes, loss {last['loss']:.3f}, held-out perplexity "
-                   f"{last['perplexity']:.2f}, unigram {last['unigram_perplexity']:.2f}")
-    else:
-        figures = (f"{result.data.get('count', 0):,} images, loss_D {last.get('loss_D', float('nan')):.3f}, "
-                   f"loss_G {last.get('loss_G', float('nan')):.3f}")
-    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps, {figures})")
+    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps; {result.detail})")
     typer.echo(f"checkpoints: {result.run_uri}")
     typer.echo(f"model package: {result.package_uri}  (sha256 {result.model_sha256[:12]})")
 
@@ -235,7 +228,7 @@ def report(
     endpoint: EndpointOpt = None,
 ) -> None:
     """Write a static HTML report: metrics beside the floor, training curves, sample grids per epoch, a paged gallery."""
-    from pipeline.report import build_report
+    from pipeline.report.build import build_report
 
     spec = _job_or_bare(job, None, uri, endpoint)
     gate = spec.evaluate.gate if job and spec.evaluate else None

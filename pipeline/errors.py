@@ -1,4 +1,8 @@
-"""The user-facing error types of every stage, so the CLI can turn each into one line and an exit code."""
+"""The user-facing error types of every stage, so the CLI can turn each into one line and an exit code.
+
+This module imports nothing of the pipeline (and neither torch nor Ray): the CLI catches these
+without loading any stage.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,19 @@ class GateFailed(PipelineError):
     """The quality gate refused to publish."""
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from pipeline.package import PackageError
-    from pipeline.storage import StorageError
-
-    return (PipelineError, StorageError, PackageError)
+class StorageError(Exception):
+    """A storage problem, already phrased for the user in one line."""
 
 
-USER_ERRORS = _user_errors()
+class NotFound(StorageError):
+    """The object does not exist (its bucket does)."""
+
+
+class PackageError(Exception):
+    """A model package is missing, unpublished, truncated or does not fit its architecture."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (PipelineError, StorageError, PackageError)
 
 
 # A user-facing error as Ray's remote traceback text prints it (the exception object itself does not

@@ -1,17 +1,15 @@
 """Model packages: the versioned, pickle-free artefact that training exports and generation loads.
 
-Layout at ``<storage.root>/models/<job name>/<version>/``::
+Layout at ``<storage.root>/models/<job name>/<version>/`` (:mod:`pipeline.layout`)::
 
-    model.json              architecture (a ModelSpec or TextModelSpec), dataset fingerprint, metrics, versions
-    generator.safetensors   generator weights (and BN buffers); no pickle anywhere
+    model.json              the family's model configuration (``model.arch`` names the family),
+                            dataset fingerprint, metrics, versions
+    generator.safetensors   the network's weights (and BN buffers); no pickle anywhere
     manifest.json, _SUCCESS written last, so a half-exported package is never loaded
 
 ``model_sha256`` (the sha256 of ``generator.safetensors``) names the weights in every asset's
-provenance.
-
-Two kinds of package share this layout, told apart by ``model.arch`` in model.json: image
-generators (``dcgan``, :meth:`ModelPackage.build_generator`) and byte-level text models
-(``bytegpt``, :mod:`pipeline.models.textgen`; ``kind == "text"``, :meth:`ModelPackage.build_model`).
+provenance. Every family's package has this layout; :meth:`ModelPackage.build_model` asks the
+family of ``model.arch`` for the network and loads the weights into it.
 """
 
 from __future__ import annotations
@@ -23,53 +21,52 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from pipeline.specs import ModelSpec, StorageSpec, TextModelSpec, is_text_model, parse_model_spec
-from pipeline.storage import Store, StorageError, is_published, publish, sha256
+from pipeline.errors import PackageError, StorageError
+from pipeline.families.base import ModelConfig
+from pipeline.families.registry import implementation, parse_config
+from pipeline.layout import package_uri
+from pipeline.specs.schema import DataSpec, StorageSpec
+from pipeline.storage import Store, is_published, publish, resolve_recorded, sha256
 
 MODEL_JSON = "model.json"
 WEIGHTS = "generator.safetensors"
 PACKAGE_FORMAT = "aigc-model/1"
 
-
-class PackageError(Exception):
-    """A model package is missing, unpublished, truncated or does not fit its architecture."""
+__all__ = ["MODEL_JSON", "WEIGHTS", "ModelPackage", "PackageError", "export_package", "load_package", "package_uri",
+           "train_package_uri", "train_version"]
 
 
 @dataclass
 class ModelPackage:
     uri: str
-    config: ModelSpec | TextModelSpec
+    config: ModelConfig
     meta: dict[str, Any]
     model_sha256: str
     state_dict: dict[str, torch.Tensor]
 
-    @property
-    def kind(self) -> str:
-        """``image`` (a DCGAN generator) or ``text`` (a byte-level GPT)."""
-        return "text" if is_text_model(self.config) else "image"
-
     def build_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """The package's model, in eval mode: the generator of an image package, the GPT of a text one."""
-        return self.build_generator(device)
-
-    def build_generator(self, device: str | torch.device = "cpu") -> torch.nn.Module:
-        """Rebuild the generator from the package alone, in eval mode."""
-        from pipeline.models import build_generator
-
-        g = build_generator(self.config)  # load_package checked its shapes against the weights already
+        """The package's network, rebuilt from the package alone, in eval mode."""
+        net = implementation(self.config).build(self.config)  # load_package checked its shapes already
         try:
-            g.load_state_dict(self.state_dict, strict=True)
+            net.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise PackageError(f"{self.uri}/{WEIGHTS}: weights do not fit the architecture in model.json ({first})") from None
-        return g.to(device).eval()
+        return net.to(device).eval()
+
+    def trained_on(self) -> DataSpec | None:
+        """The data the package says it was trained on (its model.json's ``train.data``), a relative path
+        resolved beside the package; None when it names none."""
+        raw = (self.meta.get("train") or {}).get("data")
+        if isinstance(raw, dict) and isinstance(raw.get("uri"), str):
+            raw = {**raw, "uri": resolve_recorded(raw["uri"], self.uri)}
+        try:
+            return DataSpec.model_validate(raw) if raw is not None else None
+        except ValidationError:
+            return None
 
 
-def package_uri(root: str, name: str, version: str) -> str:
-    return f"{root.rstrip('/')}/models/{name}/{version}"
-
-
-def export_package(uri: str, generator: torch.nn.Module, config: ModelSpec | TextModelSpec, meta: dict[str, Any],
+def export_package(uri: str, generator: torch.nn.Module, config: ModelConfig, meta: dict[str, Any],
                    storage: StorageSpec | None = None, job: str = "") -> str:
     """Write model.json + generator.safetensors, then manifest and _SUCCESS. Returns model_sha256."""
     from safetensors.torch import save
@@ -104,14 +101,12 @@ def _weights_header(weights: bytes, where: str) -> dict[str, tuple[str, tuple[in
         raise PackageError(f"{where}: not a readable safetensors file (bad header)") from None
 
 
-def check_weights_fit(config: ModelSpec | TextModelSpec, weights: bytes, where: str) -> None:
+def check_weights_fit(config: ModelConfig, weights: bytes, where: str) -> None:
     """The weights' tensor names and shapes are exactly the architecture's, checked before anything is
     allocated: the architecture is built on torch's meta device (no memory), the weights' header read alone."""
-    from pipeline.models import build_generator
-
     try:
         with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in build_generator(config).state_dict().items()}
+            expected = {k: tuple(v.shape) for k, v in implementation(config).build(config).state_dict().items()}
     except (ValueError, RuntimeError) as exc:
         raise PackageError(f"{where}: model.json describes no buildable model ({str(exc).splitlines()[0][:200]})") \
             from None
@@ -147,9 +142,13 @@ def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
         raise PackageError(str(exc)) from None
     try:
         meta = json.loads(raw_meta)
-        config = parse_model_spec(meta["model"])
-    except (ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise PackageError(f"{uri}/{MODEL_JSON}: not a valid model description ({type(exc).__name__})") from None
+        config = parse_config(meta["model"])
+    except ValidationError as exc:
+        raise PackageError(f"{uri}/{MODEL_JSON}: not a valid model description ({exc.error_count()} problem(s) in "
+                           f"'model', e.g. {'.'.join(map(str, exc.errors()[0]['loc']))})") from None
+    except (ValueError, KeyError, TypeError) as exc:  # unknown arch (a plugin not installed here), or no 'model'
+        first = str(exc).splitlines()[0][:200] if isinstance(exc, ValueError) else type(exc).__name__
+        raise PackageError(f"{uri}/{MODEL_JSON}: not a valid model description ({first})") from None
     model_sha = sha256(weights)
     if not isinstance(meta.get("model_sha256"), str):
         raise PackageError(f"{uri}/{MODEL_JSON}: names no model_sha256; every package this pipeline exports has one "

@@ -61,7 +61,7 @@ def _records(uri: str, data: bytes) -> list[tuple[int, dict | bytes | str]]:
         import pyarrow.parquet as pq
 
         try:
-            # use_threads=False: in-memory reads with threads were seen aborting pyarrow 26 at exit (DESIGN §4)
+            # use_threads=False: in-memory reads with threads were seen aborting pyarrow 26 at exit (docs/architecture.md, "Ray on a small machine")
             table = pq.read_table(pa.BufferReader(data), use_threads=False)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
             raise PipelineError(f"{uri}: not a readable Parquet file ({type(exc).__name__})") from None

@@ -20,7 +20,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from pipeline.errors import GateFailed, PipelineError
+from pipeline.evaluate import run_evaluate
+from pipeline.generate import run_generate
+from pipeline.layout import run_record_uri as layout_uri
+from pipeline.runtime import ensure_ray
 from pipeline.specs import JobSpec, check_date, check_run_id, today
+from pipeline.storage import StorageError, Store, absolute_uri, package_versions
+from pipeline.storage import verify as verify_uri
+from pipeline.train.driver import train
 
 RUN_FORMAT = "aigc-run/1"
 
@@ -50,7 +58,7 @@ class RunSummary:
 
 def run_record_uri(job: JobSpec, date: str, run_id: str | None = None) -> str:
     """Where a run's record goes: ``<storage.root>/runs/<job name>/<run id or date>.json``."""
-    return f"{job.storage.root.rstrip('/')}/runs/{job.name}/{run_id or date}.json"
+    return layout_uri(job.storage.root, job.name, run_id or date)
 
 
 @dataclass
@@ -71,8 +79,6 @@ class RunRecord:
     spec: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        from pipeline.storage import package_versions
-
         return {"format": RUN_FORMAT, **asdict(self), "versions": package_versions()}
 
 
@@ -82,8 +88,6 @@ def _now() -> str:
 
 def _write_record(job: JobSpec, record: RunRecord, uri: str, log: Callable[[str], None]) -> None:
     """Write the run record; a storage problem here is reported, never allowed to hide the run's own outcome."""
-    from pipeline.storage import StorageError, Store
-
     root, _, name = uri.rpartition("/")
     try:
         Store(root, job.storage).write_json(name, record.to_json())
@@ -99,8 +103,6 @@ def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
     A failing quality gate raises :class:`~pipeline.errors.GateFailed` before generate runs. The run
     record is written in every case.
     """
-    from pipeline.errors import GateFailed
-
     date = check_date(date) if date else today()
     run_id = check_run_id(run_id) if run_id else None
     summary = RunSummary(job=job.name, date=date)
@@ -131,8 +133,6 @@ def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
 
 
 def _add(summary: RunSummary, record: RunRecord, outcome: StageOutcome) -> None:
-    from pipeline.storage import absolute_uri
-
     summary.stages.append(outcome)
     # the record names outputs absolutely: a reader in another directory must find them
     record.stages.append({**asdict(outcome), "outputs": [absolute_uri(o) for o in outcome.outputs]})
@@ -141,13 +141,9 @@ def _add(summary: RunSummary, record: RunRecord, outcome: StageOutcome) -> None:
 def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *, date: str,
                 run_id: str | None, address: str | None, verify: bool, on_train_progress: Callable | None,
                 log: Callable[[str], None]) -> None:
-    from pipeline.runtime import ensure_ray
-
     ensure_ray(address)
 
     if job.train is not None:
-        from pipeline.train import train
-
         stage[0] = "train"
         t0 = time.monotonic()
         res = train(job, on_progress=on_train_progress, address=address)
@@ -156,22 +152,13 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
             _add(summary, record, StageOutcome("train", "skipped", time.monotonic() - t0, [res.package_uri],
                                                "package for this spec exists"))
         else:
-            last = res.history[-1] if res.history else {}
-            if "loss_G" in last:
-                detail = f"{res.epochs} epochs, loss_G {last['loss_G']:.3f} loss_D {last['loss_D']:.3f}"
-            elif "perplexity" in last:  # a text model
-                detail = (f"{res.epochs} epochs, loss {last['loss']:.3f}, held-out perplexity {last['perplexity']:.2f} "
-                          f"(unigram {last['unigram_perplexity']:.2f})")
-            else:
-                detail = f"{res.epochs} epochs"
-            _add(summary, record, StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri], detail))
+            _add(summary, record, StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri],
+                                               res.detail or f"{res.epochs} epochs"))
 
     if job.evaluate is not None:
         _evaluate_stage(job, summary, record, stage, address=address, log=log)
 
     if job.generate is not None:
-        from pipeline.generate import run_generate
-
         stage[0] = "generate"
         t0 = time.monotonic()
         res = run_generate(job, date=date, run_id=run_id, address=address, log=log)
@@ -185,9 +172,6 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
                 + (f", {res.shards_skipped} shards resumed" if res.shards_skipped else "")
                 + (f", {res.rejected} prompts rejected" if res.rejected else "")))
         if verify:
-            from pipeline.errors import PipelineError
-            from pipeline.storage import verify as verify_uri
-
             stage[0] = "verify"
             t0 = time.monotonic()
             report = verify_uri(res.output, job.storage)
@@ -200,20 +184,14 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
 def _evaluate_stage(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *,
                     address: str | None, log: Callable[[str], None]) -> None:
     """Evaluate the model and apply the gate: a failure raises GateFailed before anything is generated."""
-    from pipeline.errors import GateFailed
-    from pipeline.evaluate import gate_failures, run_evaluate
-    from pipeline.storage import absolute_uri
-
     assert job.evaluate is not None
     stage[0] = "evaluate"
     t0 = time.monotonic()
     res = run_evaluate(job, address=address, log=log)
     gate = job.evaluate.gate
-    failures = gate_failures(res, gate)
+    failures = res.gate_failures(gate)
     record.evaluation = {"result": absolute_uri(res.uri) if res.uri else res.uri, "n": res.n,
-                         "model_uri": absolute_uri(res.model_uri), "model_sha256": res.model_sha256,
-                         "extractor": res.extractor.get("kind"), "model": res.model.to_json(),
-                         "floor": res.floor.to_json(), "threshold": res.threshold,
+                         "model_uri": absolute_uri(res.model_uri), "model_sha256": res.model_sha256, **res.record(),
                          "gate": {**gate.model_dump(mode="json"), "passed": not failures, "failures": failures}}
     outcome = "failed" if failures else ("skipped" if res.skipped else "done")
     gate_txt = "gate FAILED" if failures else ("gate passed" if any(v is not None for v in gate.model_dump().values())

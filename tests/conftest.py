@@ -1,6 +1,6 @@
 """Shared fixtures: one loopback Ray cluster per session, one moto S3 server on 127.0.0.1.
 
-Ray must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before it starts (loopback only, DESIGN §4).
+Ray must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before it starts (loopback only; docs/architecture.md, "Ray on a small machine").
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data import decode_image, digits_arrays, load_data, read_all, to_float, to_uint8
+from pipeline.image.data import decode_image, digits_arrays, load_data, read_all, to_float, to_uint8
 from pipeline.errors import PipelineError
 from pipeline.specs import DataSpec, ModelSpec
 from pipeline.storage import Store

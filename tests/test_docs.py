@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.specs import reference_markdown
+from pipeline.specs.reference import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 

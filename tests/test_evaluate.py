@@ -20,22 +20,13 @@ from typer.testing import CliRunner
 from helpers import make_package
 from pipeline.cli import app
 from pipeline.errors import GateFailed, PipelineError
-from pipeline.evaluate import (
-    EvalResult,
-    classifier_score,
-    enforce_gate,
-    eval_uri,
-    evaluate_package,
-    frechet_distance,
-    gate_failures,
-    load_extractor,
-    memorization_threshold,
-    nearest,
-    precision_recall,
-    real_data,
-    split_real,
-)
-from pipeline.models import build_generator
+from pipeline.evaluate import enforce_gate, evaluate_package
+from pipeline.image.features import load_extractor
+from pipeline.image.metrics import classifier_score, frechet_distance, memorization_threshold, nearest, precision_recall
+from pipeline.image.realdata import real_data, split_real
+from pipeline.image.result import EvalResult, gate_failures
+from pipeline.layout import eval_uri
+from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package
 from pipeline.specs import DataSpec, EvaluateSpec, GateSpec, ModelSpec, validate_job
 from pipeline.storage import verify
@@ -53,7 +44,7 @@ def tiny_cfg() -> ModelSpec:
 def zeroed_package(path: Path) -> str:
     """A deliberately broken model: every G weight zeroed (it draws one flat gray image)."""
     cfg = tiny_cfg()
-    g = build_generator(cfg)
+    g = Generator(cfg)
     with torch.no_grad():
         for p in g.parameters():
             p.zero_()
@@ -330,7 +321,7 @@ def test_unlabelled_data_uses_the_autoencoder(ray_session, tmp_path, package):
 @pytest.mark.timeout(1800)
 def test_trained_demo_model_is_near_the_floor_and_far_from_an_untrained_g(ray_session, tmp_path):
     from pipeline.specs import load_job
-    from pipeline.train import train
+    from pipeline.train.driver import train
 
     root = Path(__file__).resolve().parents[1]
     job = load_job(root / "jobs" / "demo.yaml", [f"storage.root={tmp_path}"])
@@ -338,7 +329,7 @@ def test_trained_demo_model_is_near_the_floor_and_far_from_an_untrained_g(ray_se
     untrained_cfg = job.train.model
     torch.manual_seed(job.train.seed)
     untrained = str(tmp_path / "untrained")
-    export_package(untrained, build_generator(untrained_cfg), untrained_cfg, {"train": {"data": {"source": "digits"}}})
+    export_package(untrained, Generator(untrained_cfg), untrained_cfg, {"train": {"data": {"source": "digits"}}})
     spec = EvaluateSpec(samples=1000)
     good = evaluate_package(trained, spec, log=lambda s: None)
     bad = evaluate_package(untrained, spec, log=lambda s: None)

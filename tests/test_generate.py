@@ -240,7 +240,7 @@ def test_sigkill_generation_actor_mid_run(ray_session, slow_package, tmp_path):
         while time.time() < deadline and not killed:
             if pid is None:  # find the actor first (the state API can be slow on a busy machine)
                 alive = [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], limit=1000)
-                         if "ShardGenerator" in (a.class_name or "")]
+                         if "ShardWorker" in (a.class_name or "")]
                 pid = alive[0].pid if alive else None
             elif len(list(shards.glob("*.json"))) >= 2:
                 os.kill(pid, signal.SIGKILL)

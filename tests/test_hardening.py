@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 from helpers import S3_KEY, make_package
 from pipeline.cli import app
-from pipeline.data import decode_image
+from pipeline.image.data import decode_image
 from pipeline.errors import PipelineError
 from pipeline.generate import ShardPlan, plan_shards, run_generate
 from pipeline.package import PackageError, load_package
@@ -387,7 +387,7 @@ def test_a_small_prompt_file_asking_for_a_billion_items_plans_compactly(tmp_path
     spec = validate_job({"name": "x", "generate": {"model": "m", "prompts": {"uri": str(p)},
                                                    "shard_size": 1_000_000}})
     ps = load_prompts(spec.generate.prompts, None, num_classes=None, prompt_filter=NO_FILTER, shard_size=1_000_000)
-    shards = plan_shards(spec, ps, None)
+    shards = plan_shards(spec, ps)
     assert len(shards) == 675 and sum(s.items for s in shards) == 675_000_000
     assert max(len(s.segments) for s in shards) == 10 and len(json.dumps([s.row() for s in shards])) < 2_000_000
 

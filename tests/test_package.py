@@ -30,7 +30,7 @@ class Payload:
 def test_round_trip_rebuilds_the_generator(tmp_path):
     uri = make_package(tmp_path / "m")
     pkg = load_package(uri)
-    g = pkg.build_generator()
+    g = pkg.build_model()
     assert not g.training and pkg.config.z_dim == 16
     assert pkg.model_sha256 == json.loads((tmp_path / "m" / "model.json").read_text())["model_sha256"]
     with torch.inference_mode():
@@ -52,7 +52,7 @@ def test_wrong_architecture(tmp_path):
     meta["model"]["g_width"] = 16
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(PackageError, match="weights do not fit the architecture"):
-        load_package(uri).build_generator()
+        load_package(uri).build_model()
 
 
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])

@@ -19,16 +19,18 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers import require_system
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_package
 from pipeline.generate import run_generate
-from pipeline.models import build_generator
+from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package
-from pipeline.report import build_report, line_plot
+from pipeline.report.build import build_report
+from pipeline.report.plots import line_plot
 from pipeline.specs import EvaluateSpec, ModelSpec, validate_job
 from pipeline.storage import verify
-from pipeline.train import grid_png
+from pipeline.image.grid import grid_png
 
 DATE = "2026-11-28"
 CHROMIUM = "/usr/bin/chromium"
@@ -61,7 +63,7 @@ def batch(ray_session, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("report")
     cfg = ModelSpec(image_size=32, channels=1, z_dim=16, g_width=8, d_width=8, conditional=True)
     torch.manual_seed(0)
-    g = build_generator(cfg).eval()
+    g = Generator(cfg).eval()
     run = root / "checkpoints" / "t"
     (run / "samples").mkdir(parents=True)
     for e in range(EPOCHS):
@@ -121,12 +123,11 @@ def test_report_of_a_generated_batch(batch, tmp_path):
 
 def test_metrics_table_shows_both_fld_thresholds(batch):
     from pipeline.evaluate import read_results
-    from pipeline.report import _metrics_table
     from pipeline.specs import GateSpec
 
     result = read_results(batch["model"])[0]
     ratio = result.model.fld / result.floor.fld
-    html = _metrics_table(result, GateSpec(max_fld=1e9, max_fld_ratio=round(ratio / 2, 2)))
+    html = result.html(GateSpec(max_fld=1e9, max_fld_ratio=round(ratio / 2, 2)), {})
     fld_row = next(row for row in html.split("<tr>") if row.startswith("<td>FLD"))
     assert '≤ 1e+09 <span class="ok">pass</span>' in fld_row
     assert f'≤ {round(ratio / 2, 2):g}× floor <span class="bad">FAIL</span>' in fld_row
@@ -156,8 +157,8 @@ def test_report_gallery_from_pngs_alone(batch, tmp_path):
     check_pages(tmp_path / "r")
 
 
-@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_report_renders_in_headless_chromium(batch, tmp_path):
+    require_system(CHROMIUM, "chromium")
     folder = tmp_path / "r"
     build_report(batch["output"], str(folder), page_size=10, log=lambda s: None)
     flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -178,8 +179,7 @@ def test_report_renders_in_headless_chromium(batch, tmp_path):
 
 
 def test_broken_image_is_reported_on_the_page(batch, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    require_system(CHROMIUM, "chromium")
     folder = tmp_path / "r"
     build_report(batch["model"], str(folder), log=lambda s: None)
     (folder / "assets" / "loss.png").unlink()
@@ -221,7 +221,7 @@ def test_evaluate_and_report_on_s3(s3_storage):
     cfg = ModelSpec(image_size=32, channels=1, z_dim=16, g_width=8, d_width=8, conditional=True)
     torch.manual_seed(0)
     model = f"{s3_storage.root}/models/t/v1"
-    export_package(model, build_generator(cfg), cfg, {"train": {"data": {"source": "digits", "limit": 150}},
+    export_package(model, Generator(cfg), cfg, {"train": {"data": {"source": "digits", "limit": 150}},
                                                       "metrics": [{"loss_D": 1.0, "loss_G": 2.0}]}, storage=s3_storage)
     first = evaluate_package(model, EvaluateSpec(samples=50), storage=s3_storage, log=lambda s: None)
     assert first.uri == f"{model}.eval/n50.json" and first.extractor["uri"].startswith(f"{model}.eval/extractor/")

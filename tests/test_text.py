@@ -32,11 +32,11 @@ from helpers import files_of
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.generate import item_seed, run_generate
-from pipeline.models.textgen import EOS, ByteGPT, complete, score_segments
+from pipeline.families.bytegpt.model import EOS, ByteGPT, complete, score_segments
 from pipeline.package import export_package, load_package
 from pipeline.specs import DataSpec, SpecError, TextModelSpec, deep_merge, load_job, validate_job
 from pipeline.storage import Store, verify
-from pipeline.textdata import SEGMENT, load_corpus, split, tokenize, unigram_nll
+from pipeline.families.bytegpt.corpus import SEGMENT, load_corpus, split, tokenize, unigram_nll
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "text-demo.yaml"
@@ -160,7 +160,7 @@ def test_sampling_depends_on_the_item_seed_alone():
     assert complete(m, b"abc", max_new_tokens=10, temperature=0.7, top_k=1, seed=3).tokens == greedy.tokens
     # the cached step-by-step forward is the full forward, to float rounding
     x = torch.randint(0, 257, (1, 12))
-    from pipeline.models.textgen import KVCache
+    from pipeline.families.bytegpt.model import KVCache
 
     caches = [KVCache() for _ in m.blocks]
     with torch.inference_mode():
@@ -182,7 +182,7 @@ def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", no_pickle)
     uri = make_text_package(tmp_path / "pkg")
     pkg = load_package(uri)
-    assert pkg.kind == "text" and pkg.config.arch == "bytegpt" and pkg.config.n_embd == 32
+    assert pkg.config.arch == "bytegpt" and pkg.config.n_embd == 32
     m = pkg.build_model()
     assert not m.training and "lm_head.weight" not in pkg.state_dict  # the head is tied to wte
     seg = [np.arange(100) % 256]
@@ -196,18 +196,19 @@ def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"train": {"model": {"arch": "gpt9"}}}, "train.model: unknown architecture 'gpt9' (use one of 'dcgan', 'bytegpt')"),
+    ({"train": {"model": {"arch": "gpt9"}}}, "train.model: unknown architecture 'gpt9' (registered: 'dcgan'"),
     ({"train": {"model": {"n_head": 5}}}, "train.model: n_embd (96) must be a multiple of n_head (5)"),
     ({"train": {"model": {"z_dim": 5}}}, "train.model.z_dim: unknown key (not part of the spec)"),
     ({"train": {"data": {"source": "digits", "uri": None, "heldout": None}}},
-     "train.data.source: a bytegpt model trains on a text corpus"),
+     "train.data.source: the bytegpt architecture trains on text data, not 'digits'"),
     ({"train": {"data": {"source": "digits", "uri": None}}}, "train.data: text_column and heldout apply to source 'text' only"),
     ({"train": {"model": {"arch": "dcgan", "n_layer": None, "n_head": None, "n_embd": None, "block_size": None,
                           "dropout": None}}},
-     "train.model.arch: source 'text' trains a text model; set train.model.arch: bytegpt"),
-    ({"generate": {"seeds": {"count": 3}}}, "generate.seeds: a text model (train.model.arch: bytegpt) completes prompts"),
-    ({"generate": {"formats": ["png", "parquet"]}}, "generate.formats: a text model writes Parquet only"),
-    ({"evaluate": {"gate": {"max_fld": 3}}}, "evaluate.gate.max_fld: applies to image models"),
+     "train.data.source: the dcgan architecture trains on digits or images or parquet data, not 'text' "
+     "(that is for train.model.arch: bytegpt)"),
+    ({"generate": {"seeds": {"count": 3}}}, "generate.seeds: the bytegpt architecture does not generate from latent seeds"),
+    ({"generate": {"formats": ["png", "parquet"]}}, "generate.formats: the bytegpt architecture writes parquet only"),
+    ({"evaluate": {"gate": {"max_fld": 3}}}, "evaluate.gate.max_fld: does not apply to the bytegpt architecture"),
     ({"train": {"data": {"heldout": 0}}}, "train.data.heldout: must be greater than 0"),
     ({"generate": {"text": {"top_k": 0}}}, "generate.text.top_k: must be greater than or equal to 1"),
 ])
@@ -224,7 +225,7 @@ def test_text_spec_errors_name_the_key(change, message):
 def test_image_specs_keep_working_without_arch():
     job = validate_job({"name": "x", "train": {"model": {"z_dim": 8}}, "evaluate": {"gate": {"max_fld": 3}}})
     assert job.train.model.arch == "dcgan" and job.train.model.z_dim == 8
-    with pytest.raises(SpecError, match="evaluate.gate.max_perplexity: applies to a text model"):
+    with pytest.raises(SpecError, match="evaluate.gate.max_perplexity: does not apply to the dcgan architecture"):
         validate_job({"name": "x", "train": {}, "evaluate": {"gate": {"max_perplexity": 3}}})
 
 
@@ -321,7 +322,7 @@ def test_text_generation_errors_are_one_line(ray_session, text_pkg, tmp_path):
     seeds["generate"]["seeds"] = {"count": 10}
     spec.write_text(yaml.safe_dump(seeds))
     r = CliRunner().invoke(app, ["generate", str(spec), "--date", DATE])
-    assert r.exit_code == 1 and "generate.seeds: the model at" in r.output and "is a text model (bytegpt)" in r.output
+    assert r.exit_code == 1 and "generate.seeds: the model at" in r.output and "is a bytegpt model, which does not generate from latent seeds" in r.output
     assert len(r.output.strip().splitlines()) == 1
     # and the other way round: text sampling settings for an image model
     from helpers import make_package
@@ -330,7 +331,7 @@ def test_text_generation_errors_are_one_line(ray_session, text_pkg, tmp_path):
     spec.write_text(yaml.safe_dump(image))
     r = CliRunner().invoke(app, ["generate", str(spec), "--date", DATE])
     assert r.exit_code == 1 and r.output.strip().splitlines() == [
-        f"error: generate.text: applies to a text model; the model at {tmp_path / 'img'} is an image model"]
+        f"error: generate.text: does not apply: the model at {tmp_path / 'img'} is a dcgan model"]
 
 
 # --------------------------------------------------------------------------------------------- training (3 fits)
@@ -356,7 +357,7 @@ def test_demo_job_runs_end_to_end_at_tiny_size(demo_run):
     assert "epoch 2/2 done  loss " in out and "held-out perplexity" in out
     assert "evaluate  done" in out and "gate passed" in out and "verify    ok" in out
     pkg = load_package(str(package_dir(root)))
-    assert pkg.kind == "text" and pkg.meta["tokenizer"]["vocab_size"] == 257 and pkg.meta["epochs"] == 2
+    assert pkg.config.arch == "bytegpt" and pkg.meta["tokenizer"]["vocab_size"] == 257 and pkg.meta["epochs"] == 2
     assert pkg.meta["data"]["heldout_tokens"] > 0 and pkg.meta["data"]["train_tokens"] + pkg.meta["data"]["heldout_tokens"] == 120000
     gen_out = root / "generated" / "text-demo" / DATE
     rows = rows_of(str(gen_out))
@@ -395,7 +396,8 @@ def test_trained_model_beats_the_unigram_baseline(demo_run):
 def test_text_resume_equals_an_uninterrupted_run(demo_run, tmp_path):
     """1 epoch through the CLI, then the same spec to 2 epochs: weights, AdamW state and history equal
     the demo run's bit for bit (every draw is a function of (seed, epoch, rank), RNG states are restored)."""
-    from pipeline.train import load_checkpoint, train
+    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.train.driver import train
 
     over = [f"storage.root={tmp_path}", *TINY]
     r = CliRunner().invoke(app, ["train", str(DEMO), *[x for t in over + ["train.epochs=1"] for x in ("--set", t)]])

@@ -17,13 +17,14 @@ from typer.testing import CliRunner
 from helpers import files_of
 from pipeline.cli import app
 from pipeline.errors import GateFailed
-from pipeline.evaluate import enforce_gate, evaluate_package, heldout_prompts
+from pipeline.evaluate import enforce_gate, evaluate_package
+from pipeline.image.metrics import heldout_prompts
 from pipeline.generate import run_generate
 from pipeline.models.text_encoder import (HELDOUT_TEMPLATES, TRAIN_TEMPLATES, VERSION, caption, class_words,
                                           featurize, normalise)
 from pipeline.package import export_package, load_package
 from pipeline.specs import EvaluateSpec, GateSpec, ModelSpec, SpecError, TextEncoderSpec, TrainSpec, validate_job
-from pipeline.train import build_models, gan_step, make_optimizers
+from pipeline.families.dcgan.loop import build_models, gan_step, make_optimizers
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2026-11-28"
@@ -85,7 +86,7 @@ def test_spec_errors_name_the_field():
 # --------------------------------------------------------------------------------------------- a tiny trained package
 def train_text_gan(steps: int, seed: int = 0) -> torch.nn.Module:
     """A few GAN steps on digits with captions, in-process (the Ray Train path runs in test_prompts_demo_job)."""
-    from pipeline.data import digits_arrays, to_float
+    from pipeline.image.data import digits_arrays, to_float
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is fastest, and fair to Ray's workers on 2 cores
@@ -96,7 +97,7 @@ def train_text_gan(steps: int, seed: int = 0) -> torch.nn.Module:
 
 
 def _train(steps: int, seed: int) -> torch.nn.Module:
-    from pipeline.data import digits_arrays, to_float
+    from pipeline.image.data import digits_arrays, to_float
 
     torch.manual_seed(seed)
     t = TrainSpec(model=tiny_model(), batch_size=64, seed=seed)
@@ -123,7 +124,7 @@ def text_package(tmp_path_factory) -> str:
 
 
 def test_encoder_learns_heldout_phrasings_through_gan_step(text_package):
-    G = load_package(text_package).build_generator()
+    G = load_package(text_package).build_model()
     prompts, targets = heldout_prompts(CLASSES, 10 * len(HELDOUT_TEMPLATES))
     post = G.prompt_posterior(prompts)
     assert (post.argmax(1).numpy() == targets).mean() >= 0.9

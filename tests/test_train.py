@@ -31,8 +31,10 @@ from pipeline.errors import PipelineError
 from pipeline.package import load_package
 from pipeline.specs import deep_merge, validate_job
 from pipeline.storage import Store
-from pipeline.train import (MODELS_FILE, OPTIM_FILE, STATE_FILE, epoch_indices, existing_package, load_checkpoint,
-                            package_version, rng_state, save_checkpoint, set_rng_state, steps_per_epoch, train)
+from pipeline.train.checkpoint import MODELS_FILE, OPTIM_FILE, STATE_FILE, load_checkpoint, rng_state, set_rng_state
+from pipeline.train.worker import epoch_indices, steps_per_epoch
+from pipeline.train.driver import existing_package, package_version, train
+from pipeline.families.dcgan.loop import save_checkpoint
 
 EPOCHS = 4
 LIMIT, BATCH, WORKERS = 256, 32, 2
@@ -135,7 +137,7 @@ def test_rng_state_round_trips():
 
 
 def _tiny_checkpoint(directory: Path) -> None:
-    from pipeline.train import build_models, make_optimizers
+    from pipeline.families.dcgan.loop import build_models, make_optimizers
 
     t = job(directory, epochs=1).train
     G, D = build_models(t)
@@ -188,7 +190,7 @@ def test_a_worker_side_user_error_becomes_one_line():
     from ray.train import WorkerGroupError
     from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
-    from pipeline.train import _training_error
+    from pipeline.train.driver import _training_error
 
     inner = UserExceptionWithTraceback(PipelineError("s3://b/ckpt/epoch_0003/models.safetensors: truncated"),
                                        "Traceback (most recent call last):\n  ...\nPipelineError: s3://b/...")
@@ -223,7 +225,7 @@ def test_two_workers_train_digits_for_four_epochs(full_run):
     assert meta["data"]["count"] == LIMIT and len(meta["data"]["fingerprint"]) == 64
     assert [m["epoch"] for m in meta["metrics"]] == [0, 1, 2, 3]
     assert {"ray", "torch", "python"} <= set(meta["versions"])
-    g = pkg.build_generator()
+    g = pkg.build_model()
     with torch.no_grad():
         out = g(torch.randn(4, 16), torch.arange(4))
     assert out.shape == (4, 1, 32, 32) and out.abs().max() <= 1
@@ -369,11 +371,11 @@ def test_bad_input_is_one_line_before_any_training(ray_session, tmp_path):
 
 
 def test_explicit_version_taken_by_another_spec_is_refused(ray_session, tmp_path):
-    from pipeline.models import build_generator
+    from pipeline.families.dcgan.model import Generator
     from pipeline.package import export_package
 
     j = job(tmp_path, train={"version": "v1"})
-    export_package(f"{tmp_path}/models/t/v1", build_generator(j.train.model), j.train.model,
+    export_package(f"{tmp_path}/models/t/v1", Generator(j.train.model), j.train.model,
                    {"train_fingerprint": "someone else"})
     assert existing_package(j) is None
     with pytest.raises(PipelineError, match="version 'v1' already exists from a different train spec"):
@@ -473,7 +475,7 @@ MULTINODE = textwrap.dedent("""
     from ray.cluster_utils import Cluster
     from pipeline.runtime import quiet_ray_data
     from pipeline.specs import validate_job
-    from pipeline.train import train
+    from pipeline.train.driver import train
     import json
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 300_000_000})
     cluster.add_node(num_cpus=1, object_store_memory=300_000_000)
@@ -508,15 +510,15 @@ def test_two_workers_on_a_two_node_cluster(tmp_path):
 @pytest.mark.slow
 def test_trained_generator_makes_recognisable_digits(ray_session, tmp_path):
     """The demo job's train stage (jobs/demo.yaml), against an untrained G, judged by a digits classifier."""
-    from pipeline.models import build_generator
+    from pipeline.families.dcgan.model import Generator
     from pipeline.models.classifier import classify, digits_classifier
     from pipeline.specs import load_job
 
     j = load_job(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml", [f"storage.root={tmp_path}"])
     res = train(j)
-    trained = load_package(res.package_uri).build_generator()
+    trained = load_package(res.package_uri).build_model()
     torch.manual_seed(123)
-    untrained = build_generator(j.train.model).eval()
+    untrained = Generator(j.train.model).eval()
     clf = digits_classifier(j.train.model.image_size)
     z = torch.randn(500, j.train.model.z_dim, generator=torch.Generator().manual_seed(7))
     labels = torch.arange(500) % 10

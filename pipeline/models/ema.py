@@ -6,9 +6,9 @@ parameters only. Batch-norm statistics of averaged weights are not the average o
 generator's statistics, so :func:`recalibrate_bn` recomputes them from fresh samples of the
 averaged generator (seeded, so they are a function of the weights and the seed alone).
 
-    >>> from pipeline.specs import ModelSpec
-    >>> from pipeline.models.dcgan import Generator
-    >>> g = Generator(ModelSpec(image_size=32, z_dim=8, g_width=8, conditional=True))
+    >>> from pipeline.families.dcgan.config import DCGANConfig
+    >>> from pipeline.families.dcgan.model import Generator
+    >>> g = Generator(DCGANConfig(image_size=32, z_dim=8, g_width=8, conditional=True))
     >>> avg = copy.deepcopy(g)
     >>> ema_update(avg, g, decay=0.999, step=1)
     >>> recalibrate_bn(avg, torch.Generator().manual_seed(0)).training

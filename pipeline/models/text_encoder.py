@@ -7,7 +7,7 @@ is L2-normalised (so an n-gram never seen in training, whose embedding stays nea
 initial value, barely moves the direction) and an MLP maps it to class logits.
 
 The generator's condition for a prompt is the posterior-weighted mix of its class embeddings,
-``softmax(logits) @ E`` (see :meth:`pipeline.models.dcgan.Generator.encode_prompts`): a confident
+``softmax(logits) @ E`` (see :meth:`pipeline.families.dcgan.model.Generator.encode_prompts`): a confident
 prompt lands exactly where that class's label embedding is, an ambiguous one ("eight or nine")
 between classes. The encoder lives inside G (one package, one DDP module) and is trained in the same
 steps as the GAN, by cross-entropy on captions of each batch's labels, while G's adversarial loss
@@ -19,8 +19,8 @@ Captions for training come from the class names with varied templates and synony
 (:func:`caption`); a separate set of phrasings (:data:`HELDOUT_TEMPLATES`) is never used in
 training and measures how well free-form prompts are understood.
 
-    >>> from pipeline.specs import TextEncoderSpec
-    >>> enc = TextEncoder(TextEncoderSpec(), num_classes=10)
+    >>> from pipeline.models.text_encoder_config import TextEncoderConfig
+    >>> enc = TextEncoder(TextEncoderConfig(), num_classes=10)
     >>> enc.logits(["a handwritten seven", "number 7, bold stroke"]).shape
     torch.Size([2, 10])
 """
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.specs import ModelSpec, TextEncoderSpec
+from pipeline.models.text_encoder_config import TextEncoderConfig
 
 VERSION = "hashed-ngram/1"
 MAX_PROMPT_CHARS = 1000  # longer prompts are cut (the rest carries no more class signal)
@@ -114,7 +114,7 @@ class Features:
         return Features(self.ids.to(device), self.offsets.to(device))
 
 
-def featurize(texts: list[str], spec: TextEncoderSpec) -> Features:
+def featurize(texts: list[str], spec: TextEncoderConfig) -> Features:
     """Prompts → hashed feature ids (crc32 mod buckets: stable across processes and machines)."""
     ids: list[int] = []
     offsets: list[int] = []
@@ -127,7 +127,7 @@ def featurize(texts: list[str], spec: TextEncoderSpec) -> Features:
 class TextEncoder(nn.Module):
     """Hashed n-gram bag → L2-normalised → MLP → class logits (a prompt's class posterior)."""
 
-    def __init__(self, spec: TextEncoderSpec, num_classes: int):
+    def __init__(self, spec: TextEncoderConfig, num_classes: int):
         super().__init__()
         self.spec = spec
         with torch.random.fork_rng(devices=[]):  # the layers' own default init must not move the global RNG
@@ -155,20 +155,3 @@ class TextEncoder(nn.Module):
 
     def logits(self, texts: list[str]) -> torch.Tensor:
         return self(featurize(texts, self.spec).to(self.bag.weight.device))
-
-
-def caption_classes(model: ModelSpec, data_classes: list[str]) -> list[str]:
-    """Class names captions are made from: the spec's, else the data's, else the label ids."""
-    te = model.text_encoder
-    if te is not None and te.classes:
-        return list(te.classes)
-    names = list(data_classes)[: model.num_classes]
-    return names + [str(i) for i in range(len(names), model.num_classes)]
-
-
-def with_classes(model: ModelSpec, data_classes: list[str]) -> ModelSpec:
-    """``model`` with its text encoder's class names filled in (what a package records)."""
-    if model.text_encoder is None or model.text_encoder.classes:
-        return model
-    te = model.text_encoder.model_copy(update={"classes": caption_classes(model, data_classes)})
-    return model.model_copy(update={"text_encoder": te})

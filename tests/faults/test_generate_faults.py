@@ -140,7 +140,7 @@ def test_actors_killed_again_and_again(ray_session, wide_pkg, tmp_path):
         while time.time() < deadline and len(killed) < 5:
             if len(list(shards.glob("*.json"))) >= next_at:
                 alive = [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")], limit=1000)
-                         if "ShardGenerator" in (a.class_name or "")]
+                         if "ShardWorker" in (a.class_name or "")]
                 if alive:
                     os.kill(alive[len(killed) % len(alive)].pid, signal.SIGKILL)
                     killed.append(alive[0].pid)

@@ -1,0 +1,311 @@
+"""Bulk generation: seeds and prompts → committed asset shards in any storage, for any family.
+
+    aigc generate jobs/demo.yaml --date 2026-11-28
+
+How a job becomes bytes (the invariants of ``docs/architecture.md``):
+
+1. **Plan.** Items and fixed shards are cut from the spec alone (:mod:`pipeline.generate.plan`).
+2. **Check.** The model package is loaded and checked in the driver; its family says whether it
+   takes seeds and prompts and which labels a prompt needs; prompts are read and filtered.
+3. **Ray Data.** One row per shard still to do; ``map_batches`` runs
+   :class:`~pipeline.generate.actor.ShardWorker` (the package loaded once per actor, the family's
+   sampler inside) on an ``ActorPoolStrategy`` pool; each shard is written and committed by its actor.
+4. **Publish.** When every shard is committed: this run's own leftovers removed, ``manifest.json``
+   then ``_SUCCESS``. A rerun skips committed shards; a rerun of a published job is a no-op.
+
+Item bytes depend only on (spec, model package, item), never on actor count or retries.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.errors import PackageError, PipelineError, StorageError, last_error_line, user_error_line
+from pipeline.families.registry import family_of, implementation
+from pipeline.generate.actor import ShardConfig, ShardWorker
+from pipeline.generate.plan import ShardPlan, ours, plan_shards
+from pipeline.layout import JOB_FILE, REJECTED
+from pipeline.package import load_package, train_package_uri
+from pipeline.prompts import PromptSet, load_prompts
+from pipeline.safety import PromptFilter
+from pipeline.specs.loading import render_output, today
+from pipeline.specs.schema import JobSpec
+from pipeline.storage import (
+    LOCK,
+    Store,
+    absolute_uri,
+    committed_shards,
+    is_published,
+    json_bytes,
+    publish,
+    sha256,
+    worker_env,
+)
+
+
+@dataclass
+class GenerateResult:
+    output: str
+    items: int
+    shards: int
+    shards_skipped: int
+    rejected: int
+    bytes: int
+    seconds: float
+    skipped: bool = False  # the whole job was already published
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+
+class Progress:
+    """One-line progress on stderr: items, items/s, ETA (a carriage-return bar on a terminal)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.t0 = time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < (0.2 if self.tty else 5.0) and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0
+        width = 30
+        fill = int(width * self.done / max(self.total, 1))
+        line = (f"generate [{'#' * fill}{'.' * (width - fill)}] {self.done:,}/{self.total:,} items "
+                f"{rate:,.0f} items/s ETA {eta:,.0f}s")
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.tty and self.done >= self.total:
+            print(file=sys.stderr)
+
+
+def model_uri_for(job: JobSpec) -> str:
+    gen = job.generate
+    assert gen is not None
+    if gen.model:
+        return gen.model
+    return train_package_uri(job)
+
+
+def run_key(job: JobSpec, model_sha256: str, date: str) -> dict[str, Any]:
+    """What fixes the bytes of a run: everything but scaling (actors, batch size, GPUs)."""
+    gen = job.generate
+    assert gen is not None
+    spec = gen.model_dump(mode="json", exclude={"scaling"}, exclude_none=True)
+    spec.pop("model", None)
+    key = {"job": job.name, "date": date, "model_sha256": model_sha256, "generate": spec}
+    key["fingerprint"] = sha256(json.dumps(key, sort_keys=True).encode())
+    return key
+
+
+def check_output_is_ours(store: Store) -> None:
+    """Refuse an output folder that holds anything but an earlier run of ours (its ``_job.json``).
+
+    Publishing removes files of this run's own plan that no shard lists; the folder must never be
+    one that holds a user's data (``generate.output: .`` or a data set's folder).
+    """
+    if store.exists(JOB_FILE):
+        return
+    found = [name for name in store.children() if name != LOCK]
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise PipelineError(f"{store.uri}: is not empty ({shown}) and holds no {JOB_FILE} of an earlier run; "
+                            "generate writes only into an empty folder or its own output: choose another "
+                            "generate.output")
+
+
+def _check_same_job(store: Store, key: dict[str, Any]) -> None:
+    if store.exists(JOB_FILE):
+        prev = store.read_json(JOB_FILE)
+        if not isinstance(prev, dict) or prev.get("fingerprint") != key["fingerprint"]:
+            raise PipelineError(
+                f"{store.uri}: holds outputs of a different job spec or model "
+                f"(fingerprint {str(prev.get('fingerprint', '?'))[:12] if isinstance(prev, dict) else '?'}… ≠ "
+                f"{key['fingerprint'][:12]}…); use another output (e.g. --run-id) or delete it")
+    else:
+        store.write_json(JOB_FILE, key)
+
+
+def _remove_orphans(store: Store, shards: list[ShardPlan], expected: set[str], log=print) -> int:
+    """Delete what a crashed attempt of this run left: files under images/ and data/ that no committed
+    shard lists, and only those whose names this run's own plan could have produced. Nothing else is
+    touched, and no symlink is followed or deleted (:meth:`Store.delete`)."""
+    by_id = {s.shard_id: s for s in shards}
+    ids: dict[str, set[str]] = {}
+    entries = store.entries("images") | store.entries("data")
+    loose = [rel for rel in entries if rel not in expected]
+    stale = [rel for rel in loose if entries[rel]["regular"] and ours(rel, by_id, ids)]
+    deleted = store.delete(stale)
+    left = len(loose) - len(deleted)
+    if left:
+        log(f"generate: left {left} file(s) under images/ and data/ that this run did not write "
+            f"(e.g. {sorted(set(loose) - set(deleted))[0]}); `aigc verify` lists them as extra")
+    return len(deleted)
+
+
+def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
+                 address: str | None = None, progress: bool = True, log=print) -> GenerateResult:
+    """Generate every item of ``job.generate`` into its output URI, resuming committed shards."""
+    gen = job.generate
+    if gen is None:
+        raise PipelineError(f"job '{job.name}' has no generate stage")
+    t0 = time.monotonic()
+    date = date or today()
+    output = render_output(job, date, run_id)
+    store = Store(output, job.storage)
+
+    # 1. model and prompts, checked in the driver before any Ray work; the family says what fits
+    model_uri = model_uri_for(job)
+    pkg = load_package(model_uri, job.storage)
+    fam, impl = family_of(pkg.config), implementation(pkg.config)
+    _check_family(job, fam, model_uri)
+    impl.check_generate(job, pkg.config, model_uri)
+    prompts = None
+    if gen.prompts is not None:
+        num_classes, labels_required = impl.prompt_labels(pkg.config)
+        prompts = load_prompts(gen.prompts, job.storage, num_classes=num_classes,
+                               prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist),
+                               labels_required=labels_required, shard_size=gen.shard_size)
+    key = run_key(job, pkg.model_sha256, date)
+
+    check_output_is_ours(store)  # before the lock file: nothing is written into a folder that is not ours
+    with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
+        return _generate_locked(job, store, output=output, date=date, address=address, progress=progress, log=log,
+                                model_uri=model_uri, model_sha256=pkg.model_sha256, prompts=prompts, key=key, t0=t0,
+                                formats=[f for f in gen.formats if f in fam.formats] or list(fam.formats),
+                                options=impl.sampler_options(job), encoder=impl.manifest_encoder(pkg.config))
+
+
+def _check_family(job: JobSpec, fam: Any, model_uri: str) -> None:
+    """The generate settings the model's family takes (the spec checked them already when the job
+    trains the model; a job that names generate.model is checked here, against the package)."""
+    gen = job.generate
+    assert gen is not None
+    where = f"the model at {model_uri} is a {fam.arch} model"
+    if gen.seeds is not None and not fam.seeds:
+        raise PipelineError(f"generate.seeds: {where}, which does not generate from latent seeds; use generate.prompts")
+    odd = [f for f in gen.formats if f not in fam.formats]
+    if odd and "formats" in gen.model_fields_set:
+        raise PipelineError(f"generate.formats: {where}, which writes {', '.join(fam.formats)} only")
+    if gen.text is not None and "text" not in fam.generate_options:
+        raise PipelineError(f"generate.text: does not apply: {where}")
+
+
+def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, address: str | None, progress: bool,
+                     log, model_uri: str, model_sha256: str, prompts: PromptSet | None, key: dict, t0: float,
+                     formats: list[str], options: Any, encoder: dict) -> GenerateResult:
+    """Plan, run and publish the shards; ``encoder`` names what wrote the files, in the manifest."""
+    gen = job.generate
+    assert gen is not None
+    # 2. idempotence: a published run is a no-op; a different job in the same place is refused
+    if is_published(store):
+        manifest = store.read_json("manifest.json")
+        if manifest.get("run", {}).get("fingerprint") == key["fingerprint"]:
+            c = manifest["counts"]
+            log(f"generate: {output} is already complete ({c['items']:,} items); nothing to do")
+            return GenerateResult(output, c["items"], c["shards"], c["shards"], c.get("rejected", 0), c["bytes"],
+                                  time.monotonic() - t0, skipped=True)
+    check_output_is_ours(store)  # again under the lock: the folder may have changed while we waited
+    _check_same_job(store, key)
+
+    # 3. shards still to do
+    shards = plan_shards(job, prompts)
+    if not shards:
+        raise PipelineError("generate: no items to generate (every prompt was rejected; see the reasons above)")
+    done = committed_shards(store)
+    todo = [s for s in shards if s.shard_id not in done]
+    total_items = sum(s.items for s in shards)
+    if done:
+        log(f"generate: resuming {output}: {len(shards) - len(todo)}/{len(shards)} shards already committed")
+    bar = Progress(sum(s.items for s in todo), enabled=progress)
+    if todo:
+        _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar, formats, options)
+
+    # 4. publish: every planned shard committed → orphans out → manifest → _SUCCESS
+    done = committed_shards(store)
+    missing = [s.shard_id for s in shards if s.shard_id not in done]
+    if missing:
+        raise PipelineError(f"generate: shards {', '.join(missing[:5])} did not commit; rerun to resume")
+    planned = {s.shard_id for s in shards}
+    expected = {f for sid in planned for f in done[sid]["index"]["files"]}
+    _remove_orphans(store, shards, expected, log)
+    rejected = prompts.rejected if prompts else []
+    files = {JOB_FILE: json_bytes(key)}
+    if gen.prompts is not None:
+        files[REJECTED] = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rejected).encode()
+    shard_recs = {}
+    for sid in sorted(planned):
+        idx = done[sid]["index"]
+        shard_recs[sid] = {"index_sha256": done[sid]["index_sha256"], "items": idx["items"],
+                           "files": len(idx["files"]), "bytes": sum(f["size"] for f in idx["files"].values())}
+    counts = {
+        "items": sum(r["items"] for r in shard_recs.values()),
+        "seed_items": gen.seeds.count if gen.seeds else 0,
+        "prompt_items": sum(p.n for p in prompts.prompts) if prompts else 0,
+        "prompts": len(prompts.prompts) if prompts else 0,
+        "rejected": len(rejected),
+        "shards": len(shard_recs),
+        "files": sum(r["files"] for r in shard_recs.values()),
+        "bytes": sum(r["bytes"] for r in shard_recs.values()),
+    }
+    for sid in planned:  # counts an actor recorded per shard (e.g. rejected completions), summed
+        for k, v in done[sid]["index"].get("counts", {}).items():
+            counts[k] = counts.get(k, 0) + v
+    if counts["items"] != total_items:
+        raise PipelineError(f"generate: committed {counts['items']} items but planned {total_items}; rerun to repair")
+    publish(store, kind="generate", job=job.name, spec=job.masked(), counts=counts, shards=shard_recs, files=files,
+            extra={"run": key, "model_uri": absolute_uri(model_uri), "model_sha256": model_sha256,
+                   "encoder": encoder})
+    seconds = time.monotonic() - t0
+    return GenerateResult(output, counts["items"], len(shards), len(shards) - len(todo), len(rejected),
+                          counts["bytes"], seconds)
+
+
+def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_uri: str, output: str,
+                date: str, address: str | None, bar: Progress, formats: list[str], options: Any) -> None:
+    import ray
+
+    from pipeline.runtime import ensure_ray
+
+    gen = job.generate
+    assert gen is not None
+    ensure_ray(address)
+    scaling = gen.scaling
+    # workers resolve nothing against the driver's working directory: local paths go out absolute
+    cfg = ShardConfig(model_uri=absolute_uri(model_uri), model_sha256=model_sha256, output=absolute_uri(output),
+                      storage=job.storage,
+                      job=job.name, job_seed=gen.seed, date=date, formats=formats, options=options,
+                      batch_size=scaling.batch_size, threads=max(1, round(scaling.num_cpus)),
+                      device="cuda" if scaling.num_gpus > 0 else "cpu",
+                      # workers of a Ray started before the credentials were set would not see them
+                      env=worker_env(job))
+    # One block per shard, so Ray hands each actor call exactly one whole shard.
+    ds = ray.data.from_items([s.row() for s in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(
+        ShardWorker,
+        fn_constructor_kwargs={"cfg": cfg},
+        batch_size=1,
+        compute=ray.data.ActorPoolStrategy(size=min(scaling.num_actors, len(todo))),
+        # fractional CPUs leave room for Ray Data's own tasks (a full pool can starve them: docs/architecture.md)
+        num_cpus=scaling.num_cpus,
+        num_gpus=scaling.num_gpus or None,
+        batch_format="numpy",
+    )
+    try:
+        for row in ds.iter_rows():
+            bar.update(int(row["items"]))
+    except (StorageError, PackageError, PipelineError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the cause in one line
+        line = user_error_line(exc) or last_error_line(exc)
+        raise PipelineError(f"generate: {line}; committed shards are kept, rerun to resume") from None

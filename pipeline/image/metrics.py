@@ -1,0 +1,261 @@
+"""The image metrics, each computed for the generated set and, as the floor, for held-out real images:
+
+* ``fld``: Fréchet distance between Gaussians fitted to the domain features (FID with a domain network);
+* ``score``: classifier score, exp(E_x KL(p(y|x) || p(y))), the Inception Score with the domain
+  classifier, one split of N; at most the number of classes;
+* ``precision``/``recall``: k-NN manifolds of Kynkäänniemi et al. 2019 in feature space;
+* ``memorization``: the share of samples whose nearest training image is closer in pixel space than
+  a threshold, the ``evaluate.memorization_quantile`` quantile of real images' own
+  nearest-neighbour distances to the *other* training images;
+* prompt-conditioned accuracy, for a generator with a text encoder, on held-out phrasings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import PipelineError
+from pipeline.image.features import FeatureExtractor
+from pipeline.image.realdata import RealData, Split
+from pipeline.models.text_encoder import HELDOUT_TEMPLATES, VERSION, class_words
+
+# `model` below is an image family's configuration: its z_dim and, when conditional, num_classes and
+# text_encoder are what is read.
+ModelSpec = Any
+
+SAMPLE_BATCH = 256
+MAX_THRESHOLD_QUERIES = 5000  # real images whose NN distance sets the memorization threshold
+CLOSEST_SHOWN = 8
+
+
+@torch.inference_mode()
+def sample_images(generator: Callable[..., torch.Tensor], model: ModelSpec, n: int, seed: int,
+                  labels: np.ndarray | None = None) -> np.ndarray:
+    """N uint8 images from ``generator(z, labels)``, rounded exactly as published assets are."""
+    z = torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed))
+    y = torch.from_numpy(np.asarray(labels, np.int64)) if getattr(model, "conditional", False) and labels is not None else None
+    out = []
+    for i in range(0, n, SAMPLE_BATCH):
+        x = generator(z[i:i + SAMPLE_BATCH], y[i:i + SAMPLE_BATCH] if y is not None else None)
+        out.append(((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out).numpy()
+
+
+def sample_labels(real: RealData, split: Split, model: ModelSpec) -> np.ndarray | None:
+    """Labels for a conditional G: the held-out images' labels (same class mix as the floor)."""
+    if not getattr(model, "conditional", False):
+        return None
+    if not real.labelled:
+        return np.arange(split.n, dtype=np.int64) % model.num_classes
+    labels = real.labels[split.heldout]
+    if labels.max(initial=0) >= model.num_classes:
+        raise PipelineError(f"evaluate.data: {real.source} has label {int(labels.max())}, but the model knows only "
+                            f"{model.num_classes} classes (train.model.num_classes)")
+    return labels
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` (rows are samples)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    # tr sqrt(A B) = sum of sqrt(eigenvalues of sqrt(A) B sqrt(A)), which is symmetric PSD: stable via eigh.
+    w, v = np.linalg.eigh(cov_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root_a @ cov_b @ root_a
+    tr_root = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_root)
+
+
+def classifier_score(probs: np.ndarray, eps: float = 1e-12) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) over one split; 1 = no class or all one class, at most the class count."""
+    p = np.asarray(probs, np.float64)
+    marginal = p.mean(0, keepdims=True)
+    kl = (p * (np.log(p + eps) - np.log(marginal + eps))).sum(1)
+    return float(np.exp(kl.mean()))
+
+
+def _d2(x: np.ndarray, xx: np.ndarray, y: np.ndarray, yy: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between float64 row blocks, given their squared norms."""
+    d2 = xx[:, None] + yy[None, :] - 2 * x @ y.T
+    # Rounding leaves ~1e-16 where a row equals a base row; an identical image must read 0, not 1e-8
+    # (the smallest real difference, one gray level in one pixel of 64x64x3, is 1.2e-9 squared).
+    d2[d2 < 1e-13] = 0.0
+    return d2
+
+
+def _distances(q: np.ndarray, base: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """Euclidean distances from row chunks of ``q`` to all of ``base`` (small feature vectors): (offset, block)."""
+    q, base = np.asarray(q, np.float64), np.asarray(base, np.float64)
+    bb = (base ** 2).sum(1)
+    chunk = max(16, 8_000_000 // max(len(base), 1))  # blocks of at most ~64 MB
+    for lo in range(0, len(q), chunk):
+        x = q[lo:lo + chunk]
+        yield lo, np.sqrt(_d2(x, (x ** 2).sum(1), base, bb))
+
+
+def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    if len(features) <= k:
+        raise PipelineError(f"evaluate.k: k={k} needs more than {k} samples, got {len(features)}")
+    out = np.empty(len(features))
+    for lo, d in _distances(features, features):
+        d[np.arange(len(d)), lo + np.arange(len(d))] = np.inf  # not itself
+        out[lo:lo + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
+    return out
+
+
+def manifold_coverage(query: np.ndarray, base: np.ndarray, radii: np.ndarray) -> float:
+    """Share of ``query`` points inside some ball (``base[j]``, ``radii[j]``)."""
+    inside = 0
+    for _, d in _distances(query, base):
+        inside += int((d <= radii[None, :]).any(1).sum())
+    return inside / len(query)
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
+    precision = manifold_coverage(fake, real, knn_radii(real, k))
+    recall = manifold_coverage(real, fake, knn_radii(fake, k))
+    return precision, recall
+
+
+def _pixel_rows(images: np.ndarray) -> np.ndarray:
+    """uint8 images → float64 rows scaled so that Euclidean distance is the RMS difference per pixel in [0, 1]."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return flat / (255.0 * math.sqrt(flat.shape[1]))
+
+
+def nearest(query: np.ndarray, base: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(RMS pixel distance, index) of each query image's nearest ``base`` image (both uint8 N×C×S×S).
+
+    ``exclude[i]`` is a base index query i must not match (leave-one-out). Both sets are walked in
+    blocks converted on the fly, so memory stays bounded for large RGB datasets.
+    """
+    n, m = len(query), len(base)
+    dim = int(np.prod(base.shape[1:]))
+    q_chunk, b_chunk = 512, min(8192, max(64, 32_000_000 // dim))  # ≤ 256 MB of base rows per block
+    best, idx = np.full(n, np.inf), np.zeros(n, np.int64)
+    for qlo in range(0, n, q_chunk):
+        x = _pixel_rows(query[qlo:qlo + q_chunk])
+        xx, rows = (x ** 2).sum(1), np.arange(len(x))
+        for blo in range(0, m, b_chunk):
+            y = _pixel_rows(base[blo:blo + b_chunk])
+            d2 = _d2(x, xx, y, (y ** 2).sum(1))
+            if exclude is not None:
+                own = exclude[qlo:qlo + len(x)] - blo
+                hit = (own >= 0) & (own < len(y))
+                d2[rows[hit], own[hit]] = np.inf
+            j = d2.argmin(1)
+            v = d2[rows, j]
+            better = v < best[qlo:qlo + len(x)]  # strict: ties keep the lower index
+            best[qlo:qlo + len(x)][better] = v[better]
+            idx[qlo:qlo + len(x)][better] = j[better] + blo
+    return np.sqrt(best), idx
+
+
+def memorization_threshold(train: np.ndarray, quantile: float, seed: int) -> float:
+    """The ``quantile`` of real images' RMS pixel distances to their nearest *other* training image."""
+    if len(train) < 2:
+        raise PipelineError("evaluate: the memorization threshold needs at least 2 real images")
+    queries = np.arange(len(train))
+    if len(queries) > MAX_THRESHOLD_QUERIES:  # a seeded sample of queries; the base stays complete
+        queries = np.sort(np.random.default_rng(seed).choice(queries, MAX_THRESHOLD_QUERIES, replace=False))
+    dist, _ = nearest(train[queries], train, exclude=queries)
+    return float(np.quantile(dist, quantile))
+
+
+@dataclass
+class Metrics:
+    """One row of figures: the model's, or the real-vs-real floor's."""
+
+    fld: float
+    score: float | None  # None without a classifier
+    precision: float
+    recall: float
+    memorization: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (None if v is None else round(float(v), 6)) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass
+class Copy:
+    """A generated sample and its nearest training image (the closest pairs are shown in reports)."""
+
+    sample: int
+    train_index: int
+    distance: float
+
+
+@dataclass
+class Scores:
+    """What :func:`score_images` measures for one set of images against the real data."""
+
+    model: Metrics
+    floor: Metrics
+    threshold: float
+    copies: list[Copy] = field(default_factory=list)
+
+
+def score_images(fake: np.ndarray, real: RealData, split: Split, extractor: FeatureExtractor, *, k: int = 3,
+                 quantile: float = 0.01, seed: int = 0) -> Scores:
+    """Metrics of ``fake`` (uint8 N×C×S×S) and of the held-out real images, both against the reference set."""
+    if fake.shape[1:] != real.images.shape[1:]:
+        raise PipelineError(f"evaluate: generated images are {tuple(fake.shape[1:])}, real ones "
+                            f"{tuple(real.images.shape[1:])} (channels, height, width)")
+    held, ref = real.images[split.heldout], real.images[split.reference]
+    f_ref, f_held, f_fake = extractor.features(ref), extractor.features(held), extractor.features(fake)
+    p_held, p_fake = extractor.probs(held), extractor.probs(fake)
+
+    threshold = memorization_threshold(real.images, quantile, seed)
+    d_fake, nn_fake = nearest(fake, real.images)
+    d_held, _ = nearest(held, ref)
+
+    def row(f: np.ndarray, p: np.ndarray | None, d: np.ndarray) -> Metrics:
+        prec, rec = precision_recall(f_ref, f, k)
+        return Metrics(fld=frechet_distance(f, f_ref), score=None if p is None else classifier_score(p),
+                       precision=prec, recall=rec, memorization=float((d <= threshold).mean()))
+
+    order = np.argsort(d_fake, kind="stable")[:CLOSEST_SHOWN]
+    copies = [Copy(int(i), int(nn_fake[i]), float(d_fake[i])) for i in order]
+    return Scores(model=row(f_fake, p_fake, d_fake), floor=row(f_held, p_held, d_held), threshold=threshold, copies=copies)
+
+
+def heldout_prompts(classes: list[str], n: int) -> tuple[list[str], np.ndarray]:
+    """N prompts in phrasings no training caption used, cycling classes, then phrasings and class words."""
+    prompts, targets = [], []
+    for i in range(n):
+        c, j = i % len(classes), i // len(classes)
+        words = class_words(classes[c])
+        prompts.append(HELDOUT_TEMPLATES[j % len(HELDOUT_TEMPLATES)].format(w=words[(j // len(HELDOUT_TEMPLATES)) % len(words)]))
+        targets.append(c)
+    return prompts, np.asarray(targets, np.int64)
+
+
+@torch.inference_mode()
+def prompt_accuracy(g: nn.Module, model: ModelSpec, extractor: FeatureExtractor, n: int, seed: int) -> dict[str, Any]:
+    """Prompt-conditioned accuracy: the share of images generated from held-out phrasings that the
+    domain classifier labels as the prompt's class (and how often the text encoder itself resolves it)."""
+    te = model.text_encoder  # the package records its class names (with_classes at export)
+    classes = list(te.classes) if te.classes else [str(i) for i in range(model.num_classes)]
+    prompts, targets = heldout_prompts(classes, n)
+    z = torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed + 1))
+    out, resolved = [], []
+    for i in range(0, n, SAMPLE_BATCH):
+        post = g.prompt_posterior(prompts[i:i + SAMPLE_BATCH])
+        resolved.append(post.argmax(1))
+        x = g(z[i:i + SAMPLE_BATCH], cond=post @ g.embed.weight)
+        out.append(((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
+    probs = extractor.probs(torch.cat(out).numpy())
+    return {"n": n, "phrasings": "held-out", "encoder": VERSION,
+            "accuracy": float((probs.argmax(1) == targets).mean()),
+            "encoder_accuracy": float((torch.cat(resolved).numpy() == targets).mean()),
+            "example": prompts[: len(classes)]}
