@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from pipeline.evaluate import evaluate_package
+from pipeline.families.dcgan.model import Generator
 from pipeline.image.features import load_extractor
 from pipeline.image.metrics import score_images
 from pipeline.image.realdata import real_data, split_real
-from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package, load_package
 from pipeline.specs import EvaluateSpec
 

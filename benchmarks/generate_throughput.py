@@ -27,16 +27,15 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch
-
 from common import MODEL, RssSampler, job_spec
-from pipeline.image.png import SCHEMA, encode_png, provenance
+
 from pipeline.encode import logical_time, parquet_bytes
-from pipeline.generate import item_seed, run_generate, seed_item_id
-from pipeline.localcluster import free_port
 from pipeline.families.dcgan.model import Generator
+from pipeline.generate import item_seed, run_generate, seed_item_id
+from pipeline.image.png import SCHEMA, encode_png, provenance
+from pipeline.localcluster import free_port
 from pipeline.package import export_package, load_package
 from pipeline.storage import sha256
-
 
 
 def plain_loop(model_uri: str, out: Path, n: int, batch: int = 256) -> float:
@@ -93,7 +92,8 @@ def main() -> None:
     print(f"ray start-up: {ray_start:.1f}s (not in the timed runs below)")
 
     # warm-up: actors, imports, page cache
-    run_generate(job_spec(str(tmp / "warm"), model_uri, 2000, "warm"), date="2026-01-01", progress=False, log=lambda *a: None)
+    run_generate(job_spec(str(tmp / "warm"), model_uri, 2000, "warm"), date="2026-01-01", progress=False,
+                 log=lambda *a: None)
 
     # (a) pipeline vs plain loop, local storage
     if args.only_s3:
@@ -101,13 +101,15 @@ def main() -> None:
     else:
         base_s = plain_loop(model_uri, tmp / "plain", n)
     t = time.perf_counter()
-    res = run_generate(job_spec(str(tmp / "pipe"), model_uri, n, "pipe"), date="2026-01-01", progress=False, log=lambda *a: None)
+    res = run_generate(job_spec(str(tmp / "pipe"), model_uri, n, "pipe"), date="2026-01-01", progress=False,
+                       log=lambda *a: None)
     assert res.items == n
     pipe_s = time.perf_counter() - t
     if not args.only_s3:
         print(f"(a) N={n:,}  plain loop {n / base_s:,.0f} img/s ({base_s:.1f}s)  |  pipeline {n / pipe_s:,.0f} img/s "
               f"({pipe_s:.1f}s, incl. publish)  |  ratio {base_s / pipe_s:.2f}x  (target >= 1.0x)")
-        print(f"    pipeline incl. Ray start-up: {n / (pipe_s + ray_start):,.0f} img/s ({base_s / (pipe_s + ray_start):.2f}x)")
+        print(f"    pipeline incl. Ray start-up: {n / (pipe_s + ray_start):,.0f} img/s "
+              f"({base_s / (pipe_s + ray_start):.2f}x)")
 
     # (b) S3: pipeline vs serial PUT loop, same PNG bytes
     port = free_port()

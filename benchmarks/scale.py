@@ -22,10 +22,10 @@ from pathlib import Path
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch
-
 from common import MODEL, RssSampler, job_spec
-from pipeline.generate import run_generate
+
 from pipeline.families.dcgan.model import Generator
+from pipeline.generate import run_generate
 from pipeline.package import export_package
 
 

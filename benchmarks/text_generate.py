@@ -32,10 +32,10 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.families.bytegpt.sampler import TEXT_SCHEMA
 from pipeline.encode import logical_time, parquet_bytes
-from pipeline.generate import item_seed, prompt_item_id, run_generate
 from pipeline.families.bytegpt.model import complete
+from pipeline.families.bytegpt.sampler import TEXT_SCHEMA
+from pipeline.generate import item_seed, prompt_item_id, run_generate
 from pipeline.package import load_package
 from pipeline.specs import TextSamplingSpec, load_job, validate_job
 
@@ -45,7 +45,8 @@ PROMPTS = ROOT / "jobs" / "prompts" / "text-demo.txt"
 SHARD = 20
 
 
-def plain_loop(model_uri: str, out: Path, prompts: list[str], samples: int, s: TextSamplingSpec) -> tuple[float, int, dict]:
+def plain_loop(model_uri: str, out: Path, prompts: list[str], samples: int,
+               s: TextSamplingSpec) -> tuple[float, int, dict]:
     """The baseline: one process, 2 torch threads, the same sampler and Parquet writer, no Ray."""
     torch.set_num_threads(2)
     pkg = load_package(model_uri)
@@ -82,7 +83,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="3 completions per prompt")
     args = ap.parse_args()
     samples = 3 if args.quick else args.samples
-    demo = load_job(DEMO, [f"generate.prompts.uri={PROMPTS}", f"train.data.uri={ROOT / 'jobs' / 'corpus' / 'demo.txt'}"])
+    demo = load_job(DEMO, [f"generate.prompts.uri={PROMPTS}",
+                           f"train.data.uri={ROOT / 'jobs' / 'corpus' / 'demo.txt'}"])
     sampling = demo.generate.text
     prompts = [p.strip() for p in PROMPTS.read_text().splitlines() if p.strip()]
 
@@ -105,7 +107,8 @@ def main() -> None:
     from pipeline.evaluate import run_evaluate
 
     ev = run_evaluate(demo, model_uri=model_uri, log=lambda *a: None)
-    print(f"(a) held-out perplexity per byte: model {ev.model.perplexity:.2f} ({ev.model.bits_per_byte:.2f} bits/byte)  |  "
+    print(f"(a) held-out perplexity per byte: model {ev.model.perplexity:.2f} ({ev.model.bits_per_byte:.2f} bits/byte) "
+          " |  "
           f"unigram {ev.baseline.perplexity:.2f} ({ev.baseline.bits_per_byte:.2f} bits/byte)  |  ratio {ev.ratio:.2f}x "
           f"on {ev.n:,} bytes")
 
@@ -116,8 +119,8 @@ def main() -> None:
                          "text": sampling.model_dump(), "scaling": {"num_actors": 2, "num_cpus": 0.5}}}
     n = len(prompts) * samples
     # warm-up: actors, imports, page cache
-    warm = validate_job({**spec, "name": "warm", "generate": {**spec["generate"],
-                                                              "prompts": {"uri": str(PROMPTS), "samples_per_prompt": 1}}})
+    warm = validate_job({**spec, "name": "warm",
+                         "generate": {**spec["generate"], "prompts": {"uri": str(PROMPTS), "samples_per_prompt": 1}}})
     run_generate(warm, date="2026-01-01", progress=False, log=lambda *a: None)
 
     # (b) pipeline vs plain loop

@@ -24,12 +24,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import torch
 
+from pipeline.families.dcgan.loop import build_models, gan_step, make_optimizers
 from pipeline.image.data import digits_arrays, to_float
 from pipeline.runtime import ensure_ray
 from pipeline.specs import validate_job
-from pipeline.families.dcgan.loop import build_models, gan_step, make_optimizers
-from pipeline.train.worker import epoch_indices
 from pipeline.train.driver import train
+from pipeline.train.worker import epoch_indices
 
 BATCH = 64
 
@@ -94,7 +94,8 @@ def main() -> None:
         print(f"ray train, {workers} worker{'s' if workers > 1 else ' '}: {steady:8,.0f} images/s steady "
               f"({steady / plain1:.2f}x plain-1t, {steady / plain2:.2f}x plain-2t); "
               f"{e2e:,.0f} images/s end to end ({args.epochs} epochs in {wall:.0f}s)")
-    print(f"load average at the end: {os.getloadavg()[0]:.1f} (figures are only comparable on an otherwise idle machine)")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (figures are only comparable on an otherwise idle "
+          "machine)")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def check_uri(value: str) -> str:
                          "storage.credentials instead")
     scheme = uri_scheme(value)
     if scheme not in SCHEMES:
-        raise ValueError(f"unknown storage scheme '{scheme}://' (supported: local path, {', '.join(s + '://' for s in SCHEMES)})")
+        raise ValueError(f"unknown storage scheme '{scheme}://' "
+                         f"(supported: local path, {', '.join(s + '://' for s in SCHEMES)})")
     return value
 
 

@@ -17,10 +17,12 @@ from pipeline import specs
 from pipeline.errors import USER_ERRORS, exit_code_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="aigc-pipeline: train a generative model (GAN, VAE, GPT or your own) with Ray Train, bulk-generate assets with Ray Data.")
+                  help="aigc-pipeline: train a generative model (GAN, VAE, GPT or your own) with Ray Train, "
+                       "bulk-generate assets with Ray Data.")
 
 JobArg = Annotated[str, typer.Argument(help="Job spec YAML, e.g. jobs/demo.yaml.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec key: --set generate.seeds.count=100 (repeatable).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a spec key: --set "
+                                                                   "generate.seeds.count=100 (repeatable).")]
 
 
 def _fail(lines: list[str], code: int) -> None:
@@ -81,7 +83,8 @@ def verify(
 
 DateOpt = Annotated[Optional[str], typer.Option(help="Logical run date YYYY-MM-DD for {date} (default: today).")]
 RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="Run id for {run_id} (default: the date).")]
-AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded local Ray).")]
+AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded "
+                                                        "local Ray).")]
 
 
 @app.command()
@@ -104,7 +107,8 @@ def generate(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: Run
 @handles_errors
 def run(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: RunIdOpt = None,
         address: AddressOpt = None,
-        verify: Annotated[bool, typer.Option("--verify", help="Recheck every output checksum at the end.")] = False) -> None:
+        verify: Annotated[bool, typer.Option("--verify",
+                                             help="Recheck every output checksum at the end.")] = False) -> None:
     """Run every stage of a job in order (train → generate); stages already done for this spec are skipped."""
     from pipeline.runner import run_job
 
@@ -115,15 +119,18 @@ def run(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: RunIdOpt
         typer.echo(line)
 
 
-DashOpt = Annotated[Optional[str], typer.Option(help="Ray dashboard URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS).")]
+DashOpt = Annotated[Optional[str], typer.Option(help="Ray dashboard URL, e.g. http://HEAD:8265 "
+                                                     "(default: $RAY_ADDRESS).")]
 
 
 @app.command()
 @handles_errors
 def submit(job: JobArg, address: DashOpt = None, set_: SetOpt = None, date: DateOpt = None,
            run_id: RunIdOpt = None,
-           working_dir: Annotated[Optional[str], typer.Option(help="Folder uploaded as the job's working_dir (default: current directory); must hold JOB.")] = None,
-           wait: Annotated[bool, typer.Option("--wait", help="Stream the logs and exit with the job's status.")] = False) -> None:
+           working_dir: Annotated[Optional[str], typer.Option(help="Folder uploaded as the job's working_dir (default: "
+                                                                   "current directory); must hold JOB.")] = None,
+           wait: Annotated[bool, typer.Option("--wait",
+                                              help="Stream the logs and exit with the job's status.")] = False) -> None:
     """Submit `aigc run JOB` to a Ray cluster through the Job Submission API (idempotent per date)."""
     from pipeline import submit as sub
 
@@ -169,13 +176,15 @@ def train(job: JobArg, set_: SetOpt = None) -> None:
         typer.echo(f"already trained from this spec: {result.package_uri}")
         return
     ran = f"epochs {result.epochs_run[0] + 1}-{result.epochs_run[-1] + 1}" if result.epochs_run else "no epochs"
-    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps; {result.detail})")
+    typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps; "
+               f"{result.detail})")
     typer.echo(f"checkpoints: {result.run_uri}")
     typer.echo(f"model package: {result.package_uri}  (sha256 {result.model_sha256[:12]})")
 
 
 EndpointOpt = Annotated[Optional[str], typer.Option(help="S3 endpoint URL for S3-compatible stores.")]
-JobOpt = Annotated[Optional[str], typer.Option("--job", help="Job spec whose storage settings (and evaluate stage) to use.")]
+JobOpt = Annotated[Optional[str], typer.Option("--job", help="Job spec whose storage settings (and evaluate stage) to "
+                                                             "use.")]
 
 
 def _job_or_bare(job: str | None, set_: list[str] | None, root: str, endpoint: str | None) -> specs.JobSpec:
@@ -191,7 +200,8 @@ def _job_or_bare(job: str | None, set_: list[str] | None, root: str, endpoint: s
 def evaluate(
     model_uri: Annotated[str, typer.Argument(help="Model package URI (local path, s3://, gs://, memory://).")],
     job: JobOpt = None,
-    samples: Annotated[Optional[int], typer.Option(help="Generated samples N, and held-out real images for the floor (default: evaluate.samples).")] = None,
+    samples: Annotated[Optional[int], typer.Option(help="Generated samples N, and held-out real images for the floor "
+                                                        "(default: evaluate.samples).")] = None,
     set_: SetOpt = None,
     endpoint: EndpointOpt = None,
     address: AddressOpt = None,
@@ -221,13 +231,15 @@ def evaluate(
 @handles_errors
 def report(
     uri: Annotated[str, typer.Argument(help="A generated output (with its gallery) or a model package.")],
-    out: Annotated[Optional[str], typer.Option(help="Folder for index.html and its files (default: <URI>.report, beside URI).")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Folder for index.html and its files (default: <URI>.report, "
+                                                    "beside URI).")] = None,
     job: JobOpt = None,
     page_size: Annotated[int, typer.Option(help="Assets per gallery page.")] = 100,
     max_items: Annotated[int, typer.Option(help="Assets shown in the gallery at most (the first by item id).")] = 1000,
     endpoint: EndpointOpt = None,
 ) -> None:
-    """Write a static HTML report: metrics beside the floor, training curves, sample grids per epoch, a paged gallery."""
+    """Write a static HTML report: metrics beside the floor, training curves, sample grids per epoch,
+    a paged gallery."""
     from pipeline.report.build import build_report
 
     spec = _job_or_bare(job, None, uri, endpoint)

@@ -84,7 +84,8 @@ def start(port: int | None, dashboard_port: int | None, temp_dir: str, num_cpus:
             port, dashboard_port = pick_ports()
         taken = [p for p in (port, port + 1, port + 2, port + 3, dashboard_port) if not _bindable(p)]
         if taken:
-            raise RuntimeError(f"ray start: port(s) {taken} on 127.0.0.1 are in use; choose other --port/--dashboard-port")
+            raise RuntimeError(f"ray start: port(s) {taken} on 127.0.0.1 are in use; choose other "
+                               "--port/--dashboard-port")
         try:
             return _start_once(port, dashboard_port, temp_dir, num_cpus, object_store_memory, timeout_s)
         except RuntimeError as e:

@@ -51,7 +51,8 @@ class ModelPackage:
             net.load_state_dict(self.state_dict, strict=True)
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
-            raise PackageError(f"{self.uri}/{WEIGHTS}: weights do not fit the architecture in model.json ({first})") from None
+            raise PackageError(f"{self.uri}/{WEIGHTS}: weights do not fit the architecture in model.json "
+                               f"({first})") from None
         return net.to(device).eval()
 
     def trained_on(self) -> DataSpec | None:
@@ -154,12 +155,14 @@ def load_package(uri: str, storage: StorageSpec | None = None) -> ModelPackage:
         raise PackageError(f"{uri}/{MODEL_JSON}: names no model_sha256; every package this pipeline exports has one "
                            "(re-export it with `aigc train`)")
     if meta["model_sha256"] != model_sha:
-        raise PackageError(f"{uri}/{WEIGHTS}: sha256 {model_sha[:12]}… does not match model.json (corrupt or truncated)")
+        raise PackageError(f"{uri}/{WEIGHTS}: sha256 {model_sha[:12]}… does not match model.json "
+                           "(corrupt or truncated)")
     check_weights_fit(config, weights, store.uri)
     try:
         state = load(weights)
     except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise PackageError(f"{uri}/{WEIGHTS}: not a readable safetensors file ({str(exc).splitlines()[0][:120]})") from None
+        raise PackageError(f"{uri}/{WEIGHTS}: not a readable safetensors file "
+                           f"({str(exc).splitlines()[0][:120]})") from None
     return ModelPackage(uri=store.uri, config=config, meta=meta, model_sha256=model_sha, state_dict=state)
 
 

@@ -61,7 +61,8 @@ def _records(uri: str, data: bytes) -> list[tuple[int, dict | bytes | str]]:
         import pyarrow.parquet as pq
 
         try:
-            # use_threads=False: in-memory reads with threads were seen aborting pyarrow 26 at exit (docs/architecture.md, "Ray on a small machine")
+            # use_threads=False: in-memory reads with threads were seen aborting pyarrow 26 at exit
+            # (docs/architecture.md, "Ray on a small machine")
             table = pq.read_table(pa.BufferReader(data), use_threads=False)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
             raise PipelineError(f"{uri}: not a readable Parquet file ({type(exc).__name__})") from None
@@ -104,7 +105,8 @@ def _whole_number(raw: dict, key: str, lo: int | None = None, hi: int | None = N
     try:
         number = int(value)
     except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 and Infinity parse as float inf
-        raise ValueError(f"'{key}' must be a whole number" + (f" from {lo} to {hi}" if lo is not None else "")) from None
+        raise ValueError(f"'{key}' must be a whole number"
+                         + (f" from {lo} to {hi}" if lo is not None else "")) from None
     out_of_range = lo is not None and hi is not None and not lo <= number <= hi
     if isinstance(value, bool) or (isinstance(value, float) and value != number) or out_of_range:
         raise ValueError(f"'{key}' must be a whole number" + (f" from {lo} to {hi}" if lo is not None else ""))

@@ -201,6 +201,7 @@ def _evaluate_stage(job: JobSpec, summary: RunSummary, record: RunRecord, stage:
     if failures:
         for line in res.lines(gate):
             log(line)
-        later = "generate did not run and nothing was published" if job.generate is not None else "nothing was published"
+        later = ("generate did not run and nothing was published" if job.generate is not None
+                 else "nothing was published")
         raise GateFailed(f"quality gate failed for {res.model_uri} at N={res.n:,}: " + "; ".join(failures)
                          + f"; {later}")

@@ -1,7 +1,8 @@
 """Ray start-up for every stage: embedded local Ray on loopback, or an existing cluster.
 
 ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` makes Ray 2.60 use 127.0.0.1 as the node IP and bind
-every Ray socket to loopback (docs/architecture.md, "Ray on a small machine"); it must be in the environment before Ray starts.
+every Ray socket to loopback (docs/architecture.md, "Ray on a small machine"); it must be in the
+environment before Ray starts.
 """
 
 from __future__ import annotations

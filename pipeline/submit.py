@@ -72,7 +72,8 @@ def client(address: str | None):
     if not address:
         raise PipelineError("--address: give the Ray dashboard URL, e.g. http://HEAD:8265 (or set $RAY_ADDRESS)")
     if not re.match(r"^https?://", address):
-        raise PipelineError(f"--address {address}: the Job Submission API needs the dashboard URL, e.g. http://HEAD:8265")
+        raise PipelineError(f"--address {address}: the Job Submission API needs the dashboard URL, e.g. "
+                            "http://HEAD:8265")
     _enable_token_auth()
     from ray.job_submission import JobSubmissionClient
 
@@ -166,14 +167,16 @@ def submit(job: JobSpec, job_path: str, *, address: str | None, date: str | None
     try:
         rel_job = str(jp.relative_to(wd))
     except ValueError:
-        raise PipelineError(f"{job_path}: the job file must be inside the working directory {wd} that is uploaded") from None
+        raise PipelineError(f"{job_path}: the job file must be inside the working directory {wd} "
+                            "that is uploaded") from None
     overrides = list(overrides or [])
     root = job.storage.root
     if uri_scheme(root) == "file" and not os.path.isabs(root.removeprefix("file://")):
         # A relative local root would land in the cluster's temporary copy of working_dir.
         overrides.append(f"storage.root={(wd / root.removeprefix('file://')).as_posix()}")
         print(f"note: storage.root '{root}' is local; the cluster writes to {wd / root} "
-              "(only meaningful when the cluster shares this filesystem; use s3:// or gs:// otherwise)", file=sys.stderr)
+              "(only meaningful when the cluster shares this filesystem; use s3:// or gs:// otherwise)",
+              file=sys.stderr)
     c = client(address)
     attempt = 1
     while True:

@@ -1,6 +1,7 @@
 """Shared fixtures: one loopback Ray cluster per session, one moto S3 server on 127.0.0.1.
 
-Ray must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before it starts (loopback only; docs/architecture.md, "Ray on a small machine").
+Ray must see RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 before it starts (loopback only; docs/architecture.md,
+"Ray on a small machine").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from helpers import S3_KEY, S3_SECRET, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,4 +100,5 @@ def s3_storage(s3_env):
 
     bucket = s3_env.bucket()
     return StorageSpec(root=f"s3://{bucket}/run", endpoint=s3_env.endpoint, region="us-east-1",
-                       credentials=Credentials(access_key_env="AWS_ACCESS_KEY_ID", secret_key_env="AWS_SECRET_ACCESS_KEY"))
+                       credentials=Credentials(access_key_env="AWS_ACCESS_KEY_ID",
+                                               secret_key_env="AWS_SECRET_ACCESS_KEY"))

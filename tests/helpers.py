@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from pipeline.localcluster import free_port  # noqa: F401 - the tests' free port
 from pipeline.families.dcgan.model import Generator
+from pipeline.localcluster import free_port  # noqa: F401 - the tests' free port
 from pipeline.package import export_package
 from pipeline.specs import ModelSpec
 from pipeline.storage import Store
-
 
 S3_KEY, S3_SECRET = "testing-key-id", "testing-secret-key-do-not-leak"
 

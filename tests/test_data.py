@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.image.data import decode_image, digits_arrays, load_data, read_all, to_float, to_uint8
 from pipeline.errors import PipelineError
+from pipeline.image.data import decode_image, digits_arrays, load_data, read_all, to_float, to_uint8
 from pipeline.specs import DataSpec, ModelSpec
 from pipeline.storage import Store
 
@@ -144,7 +144,8 @@ def test_parquet_bytes_and_struct_columns(ray_session, tmp_path):
     assert load_data(DataSpec(source="parquet", uri=str(tmp_path / "pq")), ModelSpec(conditional=True)).fingerprint \
         == data.fingerprint
     # Hugging Face style {bytes, path} structs decode to the same pixels as plain bytes.
-    hf = _parquet(tmp_path / "hf.parquet", [{"bytes": png(i * 20), "path": f"{i}.png"} for i in range(6)], list(range(6)))
+    hf = _parquet(tmp_path / "hf.parquet", [{"bytes": png(i * 20), "path": f"{i}.png"} for i in range(6)],
+                  list(range(6)))
     hf_images, hf_labels = read_all(load_data(DataSpec(source="parquet", uri=str(hf)), ModelSpec()).dataset)
     plain_images, plain_labels = read_all(load_data(DataSpec(source="parquet", uri=str(tmp_path / "pq" / "a.parquet")),
                                                     ModelSpec()).dataset)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import make_package
 from pipeline.submit import entrypoint
+
+from helpers import make_package
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = json.loads((ROOT / "tests" / "data" / "kuberay_crd_keys.json").read_text())
@@ -62,10 +63,10 @@ def test_cluster_launcher_and_cron_files_parse():
 @pytest.fixture()
 def head(tmp_path):
     """A real `ray start --head` on test-chosen ports; stopped at the end, alone, by PID."""
-    from pipeline import localcluster
-
     import shutil
     import tempfile
+
+    from pipeline import localcluster
 
     # short: Ray's unix socket paths under the temp dir must stay under 108 bytes
     temp_dir = tempfile.mkdtemp(prefix="aigc-ray-", dir="/tmp")

@@ -17,19 +17,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import make_package
 from pipeline.cli import app
 from pipeline.errors import GateFailed, PipelineError
 from pipeline.evaluate import enforce_gate, evaluate_package
+from pipeline.families.dcgan.model import Generator
 from pipeline.image.features import load_extractor
 from pipeline.image.metrics import classifier_score, frechet_distance, memorization_threshold, nearest, precision_recall
 from pipeline.image.realdata import real_data, split_real
 from pipeline.image.result import EvalResult, gate_failures
 from pipeline.layout import eval_uri
-from pipeline.families.dcgan.model import Generator
 from pipeline.package import export_package
 from pipeline.specs import DataSpec, EvaluateSpec, GateSpec, ModelSpec, validate_job
 from pipeline.storage import verify
+
+from helpers import make_package
 
 DATE = "2026-11-28"
 LIMIT = 300  # digits used by the fast tests: 100 held out, 200 reference

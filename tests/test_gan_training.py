@@ -12,12 +12,12 @@ import copy
 import pytest
 import torch
 
+from pipeline.families.dcgan.loop import EMA_PART, build_ema, exported_generator, gan_step, r1_weight, save_checkpoint
 from pipeline.families.dcgan.model import Discriminator, Generator
 from pipeline.models.diffaugment import BACKGROUND, cutout, diff_augment, translation
 from pipeline.models.ema import ema_decay, ema_update, recalibrate_bn
 from pipeline.package import load_package
 from pipeline.specs import ModelSpec, TrainSpec, deep_merge, validate_job
-from pipeline.families.dcgan.loop import EMA_PART, build_ema, exported_generator, gan_step, r1_weight, save_checkpoint
 from pipeline.train.checkpoint import load_checkpoint
 from pipeline.train.driver import train
 
@@ -182,7 +182,8 @@ def test_checkpoint_carries_the_average_and_exports_it(tmp_path):
     save_checkpoint(str(tmp_path), G, D, opt_g, opt_d, {"epoch": 0, "global_step": 0})
     ck = load_checkpoint(str(tmp_path))
     assert not ck.part(EMA_PART)
-    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), exported_generator(ck, t).state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(G.state_dict().values(), exported_generator(ck, t).state_dict().values()))
 
 
 def test_a_text_model_refuses_gan_options():

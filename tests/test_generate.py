@@ -23,9 +23,10 @@ from pipeline.cli import app
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA
 from pipeline.errors import PipelineError
 from pipeline.generate import item_seed, run_generate
-from helpers import files_of, make_package
 from pipeline.specs import validate_job
 from pipeline.storage import Store, verify
+
+from helpers import files_of, make_package
 
 DATE = "2026-11-28"
 PROMPTS = """{"prompt": "a handwritten zero", "label": 0, "n": 3}

@@ -24,16 +24,17 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import S3_KEY, make_package
 from pipeline.cli import app
-from pipeline.image.data import decode_image
 from pipeline.errors import PipelineError
 from pipeline.generate import ShardPlan, plan_shards, run_generate
+from pipeline.image.data import decode_image
 from pipeline.package import PackageError, load_package
 from pipeline.prompts import load_prompts
 from pipeline.safety import PromptFilter
 from pipeline.specs import PromptsSpec, SpecError, check_run_id, load_job, validate_job
 from pipeline.storage import Store, commit_shard, publish, verify
+
+from helpers import S3_KEY, make_package
 
 DATE = "2026-11-28"
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,9 +12,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import make_package
 from pipeline.cli import app
 from pipeline.package import PackageError, load_package
+
+from helpers import make_package
 
 
 class Payload:

@@ -29,7 +29,8 @@ def test_all_four_formats_agree(tmp_path):
     (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "p.csv").write_text('prompt,label,n\na zero,0,2\n"a seven, bold",7,1\n')
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "p.parquet")
-    got = {ext: [(p.text, p.label, p.n) for p in load(tmp_path / f"p.{ext}").prompts] for ext in ("jsonl", "csv", "parquet")}
+    got = {ext: [(p.text, p.label, p.n) for p in load(tmp_path / f"p.{ext}").prompts]
+           for ext in ("jsonl", "csv", "parquet")}
     assert got["jsonl"] == got["csv"] == got["parquet"] == [("a zero", 0, 2), ("a seven, bold", 7, 1)]
     (tmp_path / "p.txt").write_text("a cat\n\nthe dog\n")
     ps = load(tmp_path / "p.txt", num_classes=None, on_error="skip", samples=3)
@@ -92,16 +93,18 @@ def test_blocklist_matches_words_not_substrings(tmp_path):
     p.write_text("an assassin\nASS hat\nclass act\nkick-ass hero\nBad Thing here\n")
     ps = load(p, num_classes=None, filt=PromptFilter(["ass", "bad thing"], ["kick-ass"]))
     assert [x.text for x in ps.prompts] == ["an assassin", "class act", "kick-ass hero"]
-    assert [(r["line"], r["reason"]) for r in ps.rejected] == [(2, "blocked term 'ass'"), (5, "blocked term 'bad thing'")]
+    assert [(r["line"], r["reason"]) for r in ps.rejected] == [(2, "blocked term 'ass'"),
+                                                               (5, "blocked term 'bad thing'")]
 
 
 line = st.one_of(
     st.binary(max_size=200),
     st.text(max_size=200).map(lambda s: s.encode("utf-8", "surrogatepass")),
-    st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(st.sampled_from(["prompt", "n", "label", "x"]),
-                                                                 st.one_of(st.integers(-10**20, 10**20), st.text(max_size=30),
-                                                                           st.floats(allow_nan=True), st.none(),
-                                                                           st.booleans()), max_size=4)),
+    st.builds(lambda d: json.dumps(d).encode(),
+              st.dictionaries(st.sampled_from(["prompt", "n", "label", "x"]),
+                              st.one_of(st.integers(-10**20, 10**20), st.text(max_size=30),
+                                        st.floats(allow_nan=True), st.none(),
+                                        st.booleans()), max_size=4)),
 )
 
 

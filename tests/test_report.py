@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -19,18 +18,19 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import require_system
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.evaluate import evaluate_package
-from pipeline.generate import run_generate
 from pipeline.families.dcgan.model import Generator
+from pipeline.generate import run_generate
+from pipeline.image.grid import grid_png
 from pipeline.package import export_package
 from pipeline.report.build import build_report
 from pipeline.report.plots import line_plot
 from pipeline.specs import EvaluateSpec, ModelSpec, validate_job
 from pipeline.storage import verify
-from pipeline.image.grid import grid_png
+
+from helpers import require_system
 
 DATE = "2026-11-28"
 CHROMIUM = "/usr/bin/chromium"
@@ -68,7 +68,8 @@ def batch(ray_session, tmp_path_factory) -> dict:
     (run / "samples").mkdir(parents=True)
     for e in range(EPOCHS):
         with torch.no_grad():
-            (run / "samples" / f"epoch_{e:04d}.png").write_bytes(grid_png(g(torch.randn(64, 16), torch.arange(64) % 10)))
+            (run / "samples" / f"epoch_{e:04d}.png").write_bytes(grid_png(g(torch.randn(64, 16),
+                                                                              torch.arange(64) % 10)))
     history = [{"epoch": e, "loss_D": 1.2 - 0.2 * e, "loss_G": 0.8 + 0.3 * e, "D(x)": 0.6, "D(G(z))": 0.4}
                for e in range(EPOCHS)]
     model = str(root / "models" / "t" / "v1")
@@ -153,7 +154,8 @@ def test_report_gallery_from_pngs_alone(batch, tmp_path):
     res = build_report(str(copy), str(tmp_path / "r"), max_items=5, log=lambda s: None)
     assert (res.assets, res.pages) == (5, 1)
     page = (tmp_path / "r" / "gallery" / "page-0001.html").read_text()
-    assert "p000000001-00000" in page and "s000000000001" in page and "model_sha256" in page and "trainedAlgorithmicMedia" in page
+    assert ("p000000001-00000" in page and "s000000000001" in page and "model_sha256" in page
+            and "trainedAlgorithmicMedia" in page)
     check_pages(tmp_path / "r")
 
 
@@ -173,7 +175,8 @@ def test_report_renders_in_headless_chromium(batch, tmp_path):
             assert im.size == (1200, 2000)
             assert len(im.convert("L").getcolors(1 << 16)) > 5  # not a blank page
         # the page's own script counts the images that failed to load
-        dom = subprocess.run(flags + ["--dump-dom", url], check=True, timeout=120, capture_output=True, text=True).stdout
+        dom = subprocess.run(flags + ["--dump-dom", url], check=True, timeout=120, capture_output=True,
+                             text=True).stdout
         expected = refs_of(folder / page).imgs
         assert f'data-images="{expected}"' in dom and 'data-images-broken="0"' in dom, dom[:300]
 
@@ -185,7 +188,8 @@ def test_broken_image_is_reported_on_the_page(batch, tmp_path):
     (folder / "assets" / "loss.png").unlink()
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
-                          (folder / "index.html").as_uri()], check=True, timeout=120, capture_output=True, text=True).stdout
+                          (folder / "index.html").as_uri()], check=True, timeout=120, capture_output=True,
+                         text=True).stdout
     assert 'data-images-broken="1"' in dom and "failed to load" in dom
 
 

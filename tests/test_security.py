@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import S3_SECRET, make_package
 from pipeline.cli import app
 from pipeline.generate import run_generate
 from pipeline.specs import SpecError, render_output, validate_job
-from pipeline.storage import Store, StorageError, safe_relpath
+from pipeline.storage import StorageError, Store, safe_relpath
+
+from helpers import S3_SECRET, make_package
 
 DATE = "2026-11-28"
 

@@ -165,7 +165,8 @@ def test_bad_set_is_one_line(tmp_path, item, needle):
 # --------------------------------------------------------------------------------------------- include
 def test_include_merges_presets_and_the_job_wins(tmp_path):
     (tmp_path / "configs" / "models").mkdir(parents=True)
-    write_job(tmp_path / "configs" / "models", {"train": {"model": {"channels": 3, "image_size": 64, "z_dim": 100}}}, "rgb.yaml")
+    write_job(tmp_path / "configs" / "models", {"train": {"model": {"channels": 3, "image_size": 64, "z_dim": 100}}},
+              "rgb.yaml")
     (tmp_path / "jobs").mkdir()
     write_job(tmp_path / "jobs", {"storage": {"root": "s3://b/base", "region": "eu-west-1"}}, "store.yaml")
     job = {"name": "t", "include": ["models/rgb", "store.yaml"],
@@ -268,7 +269,8 @@ def test_output_inside_training_data_is_refused(tmp_path, data_uri, root, output
 
 @pytest.mark.parametrize("data_uri, root", [("data/train", "outputs"), ("s3://bucket/train", "s3://bucket/train-out")])
 def test_output_beside_training_data_is_fine(data_uri, root):
-    job = validate_job({"name": "t", "storage": {"root": root}, "train": {"data": {"source": "images", "uri": data_uri}},
+    job = validate_job({"name": "t", "storage": {"root": root},
+                        "train": {"data": {"source": "images", "uri": data_uri}},
                         "generate": {"seeds": {"count": 1}}})
     assert job.generate.output.startswith("{root}")
 
@@ -304,7 +306,8 @@ def test_user_values_with_line_breaks_stay_on_one_line():
 # --------------------------------------------------------------------------------------------- templating
 def test_render_output_fills_every_template():
     job = validate_job({"name": "nightly", "storage": {"root": "s3://bucket/prefix/"},
-                        "generate": {"model": MODEL, "seeds": {"count": 1}, "output": "{root}/gen/{name}/{date}/{run_id}"}})
+                        "generate": {"model": MODEL, "seeds": {"count": 1},
+                                     "output": "{root}/gen/{name}/{date}/{run_id}"}})
     assert render_output(job, date="2026-11-28", run_id="r-7") == "s3://bucket/prefix/gen/nightly/2026-11-28/r-7"
     # run_id defaults to the date; date defaults to today
     assert render_output(job, date="2026-11-28") == "s3://bucket/prefix/gen/nightly/2026-11-28/2026-11-28"

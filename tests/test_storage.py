@@ -22,8 +22,6 @@ import fsspec
 import pytest
 from typer.testing import CliRunner
 
-from conftest import MotoServer
-from helpers import S3_KEY, S3_SECRET, CutProxy, free_port
 from pipeline.cli import app
 from pipeline.specs import Credentials, StorageSpec
 from pipeline.storage import (
@@ -38,6 +36,9 @@ from pipeline.storage import (
     safe_relpath,
     verify,
 )
+
+from conftest import MotoServer
+from helpers import S3_KEY, S3_SECRET, CutProxy, free_port
 
 CREDS = Credentials(access_key_env="AWS_ACCESS_KEY_ID", secret_key_env="AWS_SECRET_ACCESS_KEY")
 
@@ -321,7 +322,8 @@ def test_unreachable_endpoint(s3_env):
 
 
 def test_missing_bucket(s3_env):
-    spec = StorageSpec(root=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/run", endpoint=s3_env.endpoint, credentials=CREDS)
+    spec = StorageSpec(root=f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/run", endpoint=s3_env.endpoint,
+                       credentials=CREDS)
     store = Store(spec.root, spec)
     for op in (lambda: store.write("x.bin", b"1"), lambda: store.write_many({"a": b"1", "b": b"2"}),
                lambda: store.list(), lambda: verify(spec.root, spec)):

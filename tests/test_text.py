@@ -28,15 +28,16 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from helpers import files_of
 from pipeline.cli import app
 from pipeline.errors import PipelineError
-from pipeline.generate import item_seed, run_generate
+from pipeline.families.bytegpt.corpus import SEGMENT, load_corpus, split, tokenize, unigram_nll
 from pipeline.families.bytegpt.model import EOS, ByteGPT, complete, score_segments
+from pipeline.generate import item_seed, run_generate
 from pipeline.package import export_package, load_package
 from pipeline.specs import DataSpec, SpecError, TextModelSpec, deep_merge, load_job, validate_job
 from pipeline.storage import Store, verify
-from pipeline.families.bytegpt.corpus import SEGMENT, load_corpus, split, tokenize, unigram_nll
+
+from helpers import files_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "jobs" / "text-demo.yaml"
@@ -201,12 +202,14 @@ def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
     ({"train": {"model": {"z_dim": 5}}}, "train.model.z_dim: unknown key (not part of the spec)"),
     ({"train": {"data": {"source": "digits", "uri": None, "heldout": None}}},
      "train.data.source: the bytegpt architecture trains on text data, not 'digits'"),
-    ({"train": {"data": {"source": "digits", "uri": None}}}, "train.data: text_column and heldout apply to source 'text' only"),
+    ({"train": {"data": {"source": "digits", "uri": None}}}, "train.data: text_column and heldout apply to source "
+                                                             "'text' only"),
     ({"train": {"model": {"arch": "dcgan", "n_layer": None, "n_head": None, "n_embd": None, "block_size": None,
                           "dropout": None}}},
      "train.data.source: the dcgan architecture trains on digits or images or parquet data, not 'text' "
      "(that is for train.model.arch: bytegpt)"),
-    ({"generate": {"seeds": {"count": 3}}}, "generate.seeds: the bytegpt architecture does not generate from latent seeds"),
+    ({"generate": {"seeds": {"count": 3}}}, "generate.seeds: the bytegpt architecture does not generate from latent "
+                                            "seeds"),
     ({"generate": {"formats": ["png", "parquet"]}}, "generate.formats: the bytegpt architecture writes parquet only"),
     ({"evaluate": {"gate": {"max_fld": 3}}}, "evaluate.gate.max_fld: does not apply to the bytegpt architecture"),
     ({"train": {"data": {"heldout": 0}}}, "train.data.heldout: must be greater than 0"),
@@ -256,7 +259,8 @@ def test_completions_parquet_reads_back_with_provenance(clean_run, text_pkg):
     assert res.items == 19 * 3 and res.rejected == 1 and res.shards == 15  # "the secret plan" blocked
     assert verify(res.output).ok
     manifest = json.loads((Path(res.output) / "manifest.json").read_text())
-    assert manifest["encoder"]["sampler"] == "aigc-bytegpt-sample/1" and manifest["model_sha256"] == load_package(text_pkg).model_sha256
+    assert (manifest["encoder"]["sampler"] == "aigc-bytegpt-sample/1"
+            and manifest["model_sha256"] == load_package(text_pkg).model_sha256)
     rows = rows_of(res.output)
     assert len(rows) == res.items == len({r["item_id"] for r in rows})
     assert manifest["counts"]["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
@@ -316,13 +320,15 @@ def test_text_generation_errors_are_one_line(ray_session, text_pkg, tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text(yaml.safe_dump(gen_job(tmp_path, text_pkg, str(bad))))
     r = CliRunner().invoke(app, ["generate", str(spec), "--date", DATE])
-    assert r.exit_code == 1 and r.output.strip().splitlines() == [f"error: {bad}:2: invalid JSON (Expecting ',' delimiter)"]
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [f"error: {bad}:2: invalid JSON (Expecting ',' "
+                                                                  "delimiter)"]
     assert not (tmp_path / "t").exists()
     seeds = gen_job(tmp_path, text_pkg, str(bad))
     seeds["generate"]["seeds"] = {"count": 10}
     spec.write_text(yaml.safe_dump(seeds))
     r = CliRunner().invoke(app, ["generate", str(spec), "--date", DATE])
-    assert r.exit_code == 1 and "generate.seeds: the model at" in r.output and "is a bytegpt model, which does not generate from latent seeds" in r.output
+    assert (r.exit_code == 1 and "generate.seeds: the model at" in r.output
+            and "is a bytegpt model, which does not generate from latent seeds" in r.output)
     assert len(r.output.strip().splitlines()) == 1
     # and the other way round: text sampling settings for an image model
     from helpers import make_package
@@ -358,7 +364,8 @@ def test_demo_job_runs_end_to_end_at_tiny_size(demo_run):
     assert "evaluate  done" in out and "gate passed" in out and "verify    ok" in out
     pkg = load_package(str(package_dir(root)))
     assert pkg.config.arch == "bytegpt" and pkg.meta["tokenizer"]["vocab_size"] == 257 and pkg.meta["epochs"] == 2
-    assert pkg.meta["data"]["heldout_tokens"] > 0 and pkg.meta["data"]["train_tokens"] + pkg.meta["data"]["heldout_tokens"] == 120000
+    assert (pkg.meta["data"]["heldout_tokens"] > 0
+            and pkg.meta["data"]["train_tokens"] + pkg.meta["data"]["heldout_tokens"] == 120000)
     gen_out = root / "generated" / "text-demo" / DATE
     rows = rows_of(str(gen_out))
     manifest = json.loads((gen_out / "manifest.json").read_text())
@@ -370,7 +377,8 @@ def test_demo_job_runs_end_to_end_at_tiny_size(demo_run):
     assert all(x["completion"] is None and x["completion_bytes"] is None and x["rejected"] == "blocked term 'a'"
                for x in blocked)
     # per-epoch samples beside the checkpoints
-    assert (root / "checkpoints" / "text-demo" / "samples" / "epoch_0001.txt").read_text().startswith("--- 'Return the ")
+    assert (root / "checkpoints" / "text-demo" / "samples" / "epoch_0001.txt").read_text().startswith(
+        "--- 'Return the ")
 
 
 def test_trained_model_beats_the_unigram_baseline(demo_run):
@@ -390,7 +398,8 @@ def test_trained_model_beats_the_unigram_baseline(demo_run):
     assert rep.exit_code == 0, rep.output
     html = (root / "generated" / "text-demo" / f"{DATE}.report" / "index.html").read_text()
     assert "unigram baseline" in html and f"{model:.3f}" in html and f"{unigram:.3f}" in html
-    assert "(completion rejected)" in (root / "generated" / "text-demo" / f"{DATE}.report" / "gallery" / "page-0001.html").read_text()
+    assert "(completion rejected)" in (root / "generated" / "text-demo" / f"{DATE}.report" / "gallery"
+                                       / "page-0001.html").read_text()
 
 
 def test_text_resume_equals_an_uninterrupted_run(demo_run, tmp_path):
@@ -410,18 +419,22 @@ def test_text_resume_equals_an_uninterrupted_run(demo_run, tmp_path):
     for a, b in ((resumed.models, straight.models), (resumed.optim, straight.optim)):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = [{k: v for k, v in h.items() if k not in ("seconds", "tokens/s")} for h in res.history]
-    assert strip == [{k: v for k, v in h.items() if k not in ("seconds", "tokens/s")} for h in straight.state["history"]]
+    assert strip == [{k: v for k, v in h.items() if k not in ("seconds", "tokens/s")}
+                     for h in straight.state["history"]]
     assert res.model_sha256 == load_package(str(package_dir(demo_run["root"]))).model_sha256
 
 
 def test_bad_corpus_stops_training_with_one_line(ray_session, tmp_path):
     bad = tmp_path / "corpus.jsonl"
     bad.write_text('{"text": "one"}\n{"txt": "two"}\n')
-    r = CliRunner().invoke(app, ["train", str(DEMO), "--set", f"storage.root={tmp_path}", "--set", f"train.data.uri={bad}"])
+    r = CliRunner().invoke(app, ["train", str(DEMO), "--set", f"storage.root={tmp_path}",
+                                 "--set", f"train.data.uri={bad}"])
     assert r.exit_code == 1
     assert r.output.strip().splitlines() == [f"error: {bad}:2: no 'text' field (set train.data.text_column to the "
                                              "field that holds the text)"]
     small = tmp_path / "small.txt"
     small.write_text("tiny corpus " * 20)
-    r = CliRunner().invoke(app, ["train", str(DEMO), "--set", f"storage.root={tmp_path}", "--set", f"train.data.uri={small}"])
-    assert r.exit_code == 1 and "train.model.block_size: 128, but" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["train", str(DEMO), "--set", f"storage.root={tmp_path}",
+                                 "--set", f"train.data.uri={small}"])
+    assert (r.exit_code == 1 and "train.model.block_size: 128, but" in r.output
+            and len(r.output.strip().splitlines()) == 1)

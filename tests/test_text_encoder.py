@@ -6,7 +6,6 @@ import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -14,17 +13,25 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import files_of
 from pipeline.cli import app
 from pipeline.errors import GateFailed
 from pipeline.evaluate import enforce_gate, evaluate_package
-from pipeline.image.metrics import heldout_prompts
+from pipeline.families.dcgan.loop import build_models, gan_step, make_optimizers
 from pipeline.generate import run_generate
-from pipeline.models.text_encoder import (HELDOUT_TEMPLATES, TRAIN_TEMPLATES, VERSION, caption, class_words,
-                                          featurize, normalise)
+from pipeline.image.metrics import heldout_prompts
+from pipeline.models.text_encoder import (
+    HELDOUT_TEMPLATES,
+    TRAIN_TEMPLATES,
+    VERSION,
+    caption,
+    class_words,
+    featurize,
+    normalise,
+)
 from pipeline.package import export_package, load_package
 from pipeline.specs import EvaluateSpec, GateSpec, ModelSpec, SpecError, TextEncoderSpec, TrainSpec, validate_job
-from pipeline.families.dcgan.loop import build_models, gan_step, make_optimizers
+
+from helpers import files_of
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2026-11-28"
@@ -86,7 +93,6 @@ def test_spec_errors_name_the_field():
 # --------------------------------------------------------------------------------------------- a tiny trained package
 def train_text_gan(steps: int, seed: int = 0) -> torch.nn.Module:
     """A few GAN steps on digits with captions, in-process (the Ray Train path runs in test_prompts_demo_job)."""
-    from pipeline.image.data import digits_arrays, to_float
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is fastest, and fair to Ray's workers on 2 cores
@@ -189,7 +195,7 @@ def test_prompt_accuracy_is_measured_and_gated(text_package, tmp_path):
     assert again["prompts"]["accuracy"] == p["accuracy"]
 
 
-# --------------------------------------------------------------------------------------------- the job, through Ray Train
+# ------------------------------------------------------------------------------------------- the job, through Ray Train
 def test_prompts_demo_job_runs_at_tiny_size(ray_session, tmp_path):
     """jobs/prompts-demo.yaml end to end at tiny size: train (Ray Train, DDP) → evaluate → generate."""
     overrides = [f"storage.root={tmp_path}", "train.epochs=2", "train.data.limit=400", "train.batch_size=32",
@@ -217,9 +223,11 @@ def test_prompts_demo_job_runs_at_tiny_size(ray_session, tmp_path):
 
 @pytest.mark.slow
 def test_demo_prompt_accuracy_on_heldout_phrasings(ray_session, tmp_path):
-    """Acceptance: the full prompts-demo model reaches >= 90 % prompt accuracy on held-out phrasings (N=1000)."""
+    """Acceptance: the full prompts-demo model reaches >= 90 % prompt accuracy on held-out phrasings
+    (N=1000)."""
     res = CliRunner().invoke(app, ["run", str(ROOT / "jobs" / "prompts-demo.yaml"), "--date", DATE,
-                                   "--set", f"storage.root={tmp_path}", "--set", "generate.prompts.samples_per_prompt=1"])
+                                   "--set", f"storage.root={tmp_path}",
+                                   "--set", "generate.prompts.samples_per_prompt=1"])
     assert res.exit_code == 0, res.output
     result = json.loads(next((tmp_path / "models" / "prompts-demo").glob("*.eval/n1000.json")).read_text())
     assert result["prompts"]["n"] == 1000 and result["prompts"]["accuracy"] >= 0.9, result["prompts"]

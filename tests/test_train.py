@@ -28,13 +28,13 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import PipelineError
+from pipeline.families.dcgan.loop import save_checkpoint
 from pipeline.package import load_package
 from pipeline.specs import deep_merge, validate_job
 from pipeline.storage import Store
 from pipeline.train.checkpoint import MODELS_FILE, OPTIM_FILE, STATE_FILE, load_checkpoint, rng_state, set_rng_state
-from pipeline.train.worker import epoch_indices, steps_per_epoch
 from pipeline.train.driver import existing_package, package_version, train
-from pipeline.families.dcgan.loop import save_checkpoint
+from pipeline.train.worker import epoch_indices, steps_per_epoch
 
 EPOCHS = 4
 LIMIT, BATCH, WORKERS = 256, 32, 2
@@ -261,7 +261,8 @@ def test_checkpoint_contents(full_run):
     assert set(r0) >= {"torch", "numpy", "python"} and not torch.equal(r0["torch"], r1["torch"])
     grid = Image.open(io.BytesIO((ckpt / "samples.png").read_bytes()))
     assert grid.size == (8 * 34 + 2, 8 * 34 + 2) and grid.mode == "L"
-    assert (root / "checkpoints" / "full" / "samples" / "epoch_0003.png").read_bytes() == (ckpt / "samples.png").read_bytes()
+    assert ((root / "checkpoints" / "full" / "samples" / "epoch_0003.png").read_bytes()
+            == (ckpt / "samples.png").read_bytes())
 
 
 def test_rendezvous_and_gloo_listen_on_loopback_only(full_run):
@@ -314,7 +315,8 @@ def test_resume_continues_epochs_and_optimizer_and_matches_an_uninterrupted_run(
         assert a.keys() == b.keys()
         diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
         assert diff <= 1e-6, f"resumed run differs from the uninterrupted one by {diff}"
-    assert [h["loss_D"] for h in res.history] == pytest.approx([h["loss_D"] for h in straight.state["history"]], abs=1e-6)
+    assert [h["loss_D"] for h in res.history] == pytest.approx([h["loss_D"] for h in straight.state["history"]],
+                                                               abs=1e-6)
     again = CliRunner().invoke(app, ["train", str(path)])
     assert again.exit_code == 0 and again.output.strip() == f"already trained from this spec: {res.package_uri}"
 
@@ -389,7 +391,8 @@ def test_cli_train_error_is_one_line(ray_session, tmp_path):
                                                                              "limit": None}}))
     out = CliRunner().invoke(app, ["train", str(path)])
     assert out.exit_code == 1
-    assert out.output.strip().splitlines() == [f"error: {empty}: no PNG/JPEG images found (looked for .png, .jpg, .jpeg)"]
+    assert out.output.strip().splitlines() == [f"error: {empty}: no PNG/JPEG images found (looked for .png, .jpg, "
+                                               ".jpeg)"]
     out = CliRunner().invoke(app, ["train", str(path), "--set", "train.epochs=0"])
     assert out.exit_code == 2 and "train.epochs" in out.output
 
@@ -397,7 +400,8 @@ def test_cli_train_error_is_one_line(ray_session, tmp_path):
 # --------------------------------------------------------------------------------------------- slow
 @pytest.mark.slow
 def test_sigkill_a_training_worker_mid_run(ray_session, tmp_path):
-    """Kill one worker's process (pid from the state API) mid-run; it restarts from the last checkpoint and ends at 6."""
+    """Kill one worker's process (pid from the state API) mid-run; it restarts from the last checkpoint and
+    ends at 6."""
     killed: list[int] = []
     run = tmp_path / "checkpoints" / "killed"
 
@@ -462,7 +466,8 @@ def test_train_with_checkpoints_on_s3(ray_session, s3_storage):
     assert res.run_uri == f"{s3_storage.root}/checkpoints/s3job" and res.epochs_run == [0, 1]
     store = Store(s3_storage.root, s3_storage)
     files = store.list("checkpoints/s3job")
-    assert "checkpoints/s3job/epoch_0001/models.safetensors" in files and "checkpoints/s3job/samples/epoch_0001.png" in files
+    assert ("checkpoints/s3job/epoch_0001/models.safetensors" in files
+            and "checkpoints/s3job/samples/epoch_0001.png" in files)
     assert load_package(res.package_uri, s3_storage).meta["epochs"] == 2
     more = train(validate_job(deep_merge(spec("x", "s3job", epochs=3), {"storage": storage}), "test"))
     assert more.resumed_from == 1 and more.epochs_run == [2]
@@ -504,7 +509,8 @@ def test_two_workers_on_a_two_node_cluster(tmp_path):
     assert line, (proc.stdout + proc.stderr)[-4000:]
     got = json.loads(line[7:])
     assert got == {"nodes": 2, "world": 2, "nodes_used": 2, "epochs": [0, 1]}
-    assert load_package(f"{tmp_path}/models/multi/{package_version(job(tmp_path, 'multi', epochs=2))}").meta["epochs"] == 2
+    assert load_package(f"{tmp_path}/models/multi/"
+                        f"{package_version(job(tmp_path, 'multi', epochs=2))}").meta["epochs"] == 2
 
 
 @pytest.mark.slow
@@ -531,6 +537,7 @@ def test_trained_generator_makes_recognisable_digits(ray_session, tmp_path):
 
     trained_conf, trained_right = judge(trained)
     untrained_conf, _ = judge(untrained)
-    print(f"confident share: trained {trained_conf:.2f} (right class {trained_right:.2f}), untrained {untrained_conf:.2f}")
+    print(f"confident share: trained {trained_conf:.2f} (right class {trained_right:.2f}), untrained "
+          f"{untrained_conf:.2f}")
     assert trained_conf >= 0.6 and trained_conf >= untrained_conf + 0.4
     assert trained_right >= 0.5  # and mostly the digit it was asked for

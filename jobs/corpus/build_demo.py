@@ -94,7 +94,8 @@ def main() -> int:
     digest = hashlib.sha256(data).hexdigest()
     if args.check:
         same = args.out.read_bytes() == data
-        print(f"{args.out}: {'identical' if same else 'DIFFERS'} (Python {sys.version.split()[0]}, sha256 {digest[:12]})")
+        print(f"{args.out}: {'identical' if same else 'DIFFERS'} (Python {sys.version.split()[0]}, sha256 "
+              f"{digest[:12]})")
         return 0 if same else 1
     args.out.write_bytes(data)
     print(f"{args.out}: {len(data):,} bytes, sha256 {digest}, Python {sys.version.split()[0]}")

@@ -44,7 +44,8 @@ class ModelConfig(Strict):
     fields, each with a description; the spec reference is generated from them.
     """
 
-    preset: str | None = Field(None, description="Name of the preset this came from (informational; use `include:` to load one).")
+    preset: str | None = Field(None, description="Name of the preset this came from (informational; use `include:` to "
+                                                 "load one).")
 
 
 @dataclass(frozen=True)

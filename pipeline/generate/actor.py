@@ -89,7 +89,8 @@ class ShardWorker:
         rows: list[dict] = []
         for lo in range(0, len(items), cfg.batch_size):
             chunk = items[lo: lo + cfg.batch_size]
-            for item, (own, table_row) in zip(chunk, sampler(chunk, lambda item_id, ext: asset_path(shard, item_id, ext))):
+            for item, (own, table_row) in zip(chunk,
+                                              sampler(chunk, lambda item_id, ext: asset_path(shard, item_id, ext))):
                 for ext, data in own.items():
                     if ext in cfg.formats:
                         files[asset_path(shard, item.item_id, ext)] = data

@@ -153,7 +153,7 @@ def _row_sha(image: np.ndarray, label: int) -> str:
 def _rows(keys: list[str], images: list[np.ndarray], labels: list[int]) -> dict[str, np.ndarray]:
     return {"key": np.array(keys, dtype=object), "image": np.stack(images),
             "label": np.asarray(labels, dtype=np.int64),
-            "sha": np.array([_row_sha(i, l) for i, l in zip(images, labels)], dtype=object)}
+            "sha": np.array([_row_sha(i, label) for i, label in zip(images, labels)], dtype=object)}
 
 
 def pyarrow_fs(fs: Any) -> Any:
@@ -201,7 +201,7 @@ def _digits_dataset(spec: DataSpec, model: ModelSpec):
     import ray.data
 
     raw, labels = _raw_digits(spec.limit)
-    items = [{"index": i, "raw": r, "label": int(l)} for i, (r, l) in enumerate(zip(raw, labels))]
+    items = [{"index": i, "raw": r, "label": int(label)} for i, (r, label) in enumerate(zip(raw, labels))]
     ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // _BLOCK_ROWS)))
     return ds.map_batches(_decode_digits, batch_format="numpy", batch_size=_BLOCK_ROWS,
                           fn_kwargs={"size": model.image_size, "channels": model.channels}), [str(i) for i in range(10)]
@@ -265,7 +265,8 @@ def _images_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | Non
     # on any node read the same store without depending on their environment.
     return ds.map_batches(_decode_files, batch_format="numpy", batch_size=64,
                           fn_kwargs={"fs": fs, "uri": spec.uri, "size": model.image_size,
-                                     "channels": model.channels, "background": background_rgb(spec.background or "white")}), classes
+                                     "channels": model.channels,
+                                     "background": background_rgb(spec.background or "white")}), classes
 
 
 # --------------------------------------------------------------------------------------------- parquet
@@ -288,12 +289,14 @@ def _decode_parquet(table: Any, uri: str, image_column: str, label_column: str |
         name = f"{path} (column '{image_column}')"
         data = _cell_bytes(cell)
         if data is None:
-            raise PipelineError(f"{name}: a value is {type(cell).__name__}, not image bytes or a {{bytes, path}} struct")
+            raise PipelineError(f"{name}: a value is {type(cell).__name__}, "
+                                f"not image bytes or a {{bytes, path}} struct")
         if label_column:
             if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
                 raise PipelineError(f"{path}: column '{label_column}': labels must be integers, got {label!r}")
             if label < 0 or (num_classes is not None and label >= num_classes):
-                raise PipelineError(f"{path}: column '{label_column}': label {label} is outside 0..{(num_classes or 1) - 1}"
+                raise PipelineError(f"{path}: column '{label_column}': label {label} is outside "
+                                    f"0..{(num_classes or 1) - 1}"
                                     " (train.model.num_classes)")
         images.append(decode_image(data, size, channels, name, background))
         labels.append(int(label))

@@ -142,7 +142,8 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
     if cached is not None:
         return cached
 
-    num_classes = max(int(real.labels.max(initial=-1)) + 1, pkg.config.num_classes if getattr(pkg.config, "conditional", False) else 0, 2)
+    num_classes = max(int(real.labels.max(initial=-1)) + 1,
+                      pkg.config.num_classes if getattr(pkg.config, "conditional", False) else 0, 2)
     extractor = extractor_for(kind, real, split, num_classes, spec.seed, cache_uri=out.uri, storage=storage, log=log)
     g = generator or pkg.build_model()
     fake = sample_images(g, pkg.config, n, spec.seed, sample_labels(real, split, pkg.config))

@@ -101,7 +101,8 @@ class FeatureExtractor:
         """Class probabilities (N, classes) of uint8 images; None for an autoencoder."""
         if self.kind != "classifier":
             return None
-        out = [F.softmax(self.net(to_float(images[i:i + FEATURE_BATCH])), 1) for i in range(0, len(images), FEATURE_BATCH)]
+        out = [F.softmax(self.net(to_float(images[i:i + FEATURE_BATCH])), 1)
+               for i in range(0, len(images), FEATURE_BATCH)]
         return torch.cat(out).double().numpy()
 
 
@@ -163,7 +164,8 @@ def load_extractor(uri: str, storage: StorageSpec | None = None) -> FeatureExtra
     try:
         net.load_state_dict(load(store.read(EXTRACTOR_WEIGHTS)), strict=True)
     except Exception as exc:  # noqa: BLE001 - safetensors or shape errors
-        raise PipelineError(f"{uri}/{EXTRACTOR_WEIGHTS}: unreadable feature extractor ({str(exc).splitlines()[0][:120]}); "
+        raise PipelineError(f"{uri}/{EXTRACTOR_WEIGHTS}: unreadable feature extractor "
+                            f"({str(exc).splitlines()[0][:120]}); "
                             "delete that folder to retrain it") from None
     return FeatureExtractor(kind=meta["kind"], net=net.eval(), meta=meta, uri=store.uri)
 
@@ -185,7 +187,8 @@ def extractor_for(kind: str, real: RealData, split: Split, num_classes: int, see
     meta = {"format": EXTRACTOR_FORMAT, "kind": kind, "key": key, "image_size": size, "channels": channels,
             "data_fingerprint": real.fingerprint, "data_source": real.source, "trained_on": len(split.reference),
             "seed": seed, "seconds": round(time.monotonic() - t0, 2), "versions": package_versions(), **extra}
-    weights = save({k: v.detach().contiguous() for k, v in net.state_dict().items()}, metadata={"format": EXTRACTOR_FORMAT})
+    weights = save({k: v.detach().contiguous() for k, v in net.state_dict().items()},
+                   metadata={"format": EXTRACTOR_FORMAT})
     files = {EXTRACTOR_WEIGHTS: weights, EXTRACTOR_JSON: json.dumps(meta, indent=1, sort_keys=True).encode()}
     publish(store, kind="extractor", job="", spec=None, counts={"files": len(files)}, files=files)
     return FeatureExtractor(kind=kind, net=net, meta=meta, uri=store.uri)

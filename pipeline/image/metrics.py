@@ -40,7 +40,8 @@ def sample_images(generator: Callable[..., torch.Tensor], model: ModelSpec, n: i
                   labels: np.ndarray | None = None) -> np.ndarray:
     """N uint8 images from ``generator(z, labels)``, rounded exactly as published assets are."""
     z = torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed))
-    y = torch.from_numpy(np.asarray(labels, np.int64)) if getattr(model, "conditional", False) and labels is not None else None
+    y = (torch.from_numpy(np.asarray(labels, np.int64))
+         if getattr(model, "conditional", False) and labels is not None else None)
     out = []
     for i in range(0, n, SAMPLE_BATCH):
         x = generator(z[i:i + SAMPLE_BATCH], y[i:i + SAMPLE_BATCH] if y is not None else None)
@@ -226,7 +227,8 @@ def score_images(fake: np.ndarray, real: RealData, split: Split, extractor: Feat
 
     order = np.argsort(d_fake, kind="stable")[:CLOSEST_SHOWN]
     copies = [Copy(int(i), int(nn_fake[i]), float(d_fake[i])) for i in order]
-    return Scores(model=row(f_fake, p_fake, d_fake), floor=row(f_held, p_held, d_held), threshold=threshold, copies=copies)
+    return Scores(model=row(f_fake, p_fake, d_fake), floor=row(f_held, p_held, d_held), threshold=threshold,
+                  copies=copies)
 
 
 def heldout_prompts(classes: list[str], n: int) -> tuple[list[str], np.ndarray]:
@@ -235,7 +237,8 @@ def heldout_prompts(classes: list[str], n: int) -> tuple[list[str], np.ndarray]:
     for i in range(n):
         c, j = i % len(classes), i // len(classes)
         words = class_words(classes[c])
-        prompts.append(HELDOUT_TEMPLATES[j % len(HELDOUT_TEMPLATES)].format(w=words[(j // len(HELDOUT_TEMPLATES)) % len(words)]))
+        prompts.append(HELDOUT_TEMPLATES[j % len(HELDOUT_TEMPLATES)].format(
+            w=words[(j // len(HELDOUT_TEMPLATES)) % len(words)]))
         targets.append(c)
     return prompts, np.asarray(targets, np.int64)
 

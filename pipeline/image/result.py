@@ -42,8 +42,8 @@ class EvalResult:
     closest_png: bytes | None = None  # the closest generated/training pairs, for the report
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri), "model_sha256": self.model_sha256, "n": self.n,
-                "key": self.key, "extractor": self.extractor, "data": self.data, "settings": self.settings,
+        return {"format": EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri), "model_sha256": self.model_sha256,
+                "n": self.n, "key": self.key, "extractor": self.extractor, "data": self.data, "settings": self.settings,
                 "metrics": {"model": self.model.to_json(), "floor": self.floor.to_json()},
                 "memorization": {"space": "pixel", "distance": "RMS per pixel, pixels in [0, 1]",
                                  "threshold": round(self.threshold, 6),
@@ -96,9 +96,13 @@ class EvalResult:
         body = []
         for label, attr, pct, hint in rows:
             mv, fv = getattr(self.model, attr), getattr(self.floor, attr)
-            fmt = (lambda v: "n/a" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}"))
+
+            def fmt(v):
+                return "n/a" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
+
             ratio = f"{mv / fv:.2f}×" if mv is not None and fv else ""
-            cell = "<br>".join(gate_cell(op, f"{limit:g}× floor" if of_floor else (f"{limit:.1%}" if pct else f"{limit:g}"), ok)
+            cell = "<br>".join(gate_cell(op, f"{limit:g}× floor" if of_floor
+                                         else (f"{limit:.1%}" if pct else f"{limit:g}"), ok)
                                for op, limit, of_floor, ok in gate_checks(self, g, attr))
             body.append(_row(label, hint, fmt(mv), fmt(fv), ratio, cell))
         if self.prompts is not None:
@@ -114,8 +118,10 @@ class EvalResult:
         ex = self.extractor
         quality = (f"held-out accuracy {ex['heldout_accuracy']:.1%}" if ex.get("heldout_accuracy") is not None
                    else f"held-out reconstruction MSE {ex.get('heldout_mse')}")
-        caption = (f"N = {self.n:,} generated samples and N = {self.data.get('heldout', self.n):,} held-out real images, "
-                   f"each against {self.data.get('reference', 0):,} reference images of {self.data.get('source', '?')}; "
+        caption = (f"N = {self.n:,} generated samples and N = {self.data.get('heldout', self.n):,} held-out real "
+                   "images, "
+                   f"each against {self.data.get('reference', 0):,} reference images of "
+                   f"{self.data.get('source', '?')}; "
                    f"{ex.get('kind', '?')} features ({quality}); seed {self.settings.get('seed')}, "
                    f"k = {self.settings.get('k')}; computed {self.created_at}")
         out = [f"<h3>N = {self.n:,}</h3><p>{esc(caption)}</p><table><tr><th>metric</th><th>model</th>"
@@ -137,7 +143,8 @@ class EvalResult:
         kind = self.extractor.get("kind", "?")
         out = [f"evaluate {self.model_uri}",
                f"  N={self.n:,} generated vs {self.data.get('reference', 0):,} reference images; floor: "
-               f"{self.data.get('heldout', 0):,} held-out real images; {kind} features; seed {self.settings.get('seed')}",
+               f"{self.data.get('heldout', 0):,} held-out real images; {kind} features; seed "
+               f"{self.settings.get('seed')}",
                f"  {'metric':<13} {'model':>9} {'floor':>9} {'model/floor':>12}  gate"]
 
         def fmt(v: float | None, pct: bool) -> str:
@@ -154,14 +161,16 @@ class EvalResult:
         if self.prompts is not None:
             p = self.prompts
             gate_txt = "" if g.min_prompt_accuracy is None else (
-                f"  >= {g.min_prompt_accuracy:.1%}  " + ("ok" if passes(p["accuracy"], g.min_prompt_accuracy, ">=") else "FAILED"))
+                f"  >= {g.min_prompt_accuracy:.1%}  "
+                + ("ok" if passes(p["accuracy"], g.min_prompt_accuracy, ">=") else "FAILED"))
             out.append(f"  {'prompt acc.':<13} {p['accuracy']:>9.1%} {'':>9} {'':>12}{gate_txt}".rstrip())
             out.append(f"  prompt accuracy: N={p['n']:,} images from {p['phrasings']} phrasings (e.g. "
                        f"\"{p['example'][min(7, len(p['example']) - 1)]}\"), labelled by the domain classifier; "
                        f"the text encoder alone resolves {p['encoder_accuracy']:.1%} of them")
         for e in self.extra.values():
             limit = getattr(g, e["gate"]) if e.get("gate") else None
-            gate_txt = "" if limit is None else f"  <= {limit:g}  " + ("ok" if passes(e["value"], limit, "<=") else "FAILED")
+            gate_txt = "" if limit is None else (
+                f"  <= {limit:g}  " + ("ok" if passes(e["value"], limit, "<=") else "FAILED"))
             out.append(f"  {e['label'][:13]:<13} {e['value']:>9.3f} {'':>9} {'':>12}{gate_txt}".rstrip())
             if e.get("note"):
                 out.append(f"  {e['label']}: {e['note']}")
@@ -213,9 +222,11 @@ def gate_failures(result: EvalResult, gate: GateSpec) -> list[str]:
         out.append(f"memorization {m.memorization:.1%} of samples are near-copies of training images > "
                    f"evaluate.gate.max_memorization {gate.max_memorization:.1%}")
     p = result.prompts
-    if gate.min_prompt_accuracy is not None and (p is None or not passes(p["accuracy"], gate.min_prompt_accuracy, ">=")):
+    if gate.min_prompt_accuracy is not None and (p is None
+                                                 or not passes(p["accuracy"], gate.min_prompt_accuracy, ">=")):
         out.append("no prompt accuracy (the model has no text encoder, or the data no labels)" if p is None else
-                   f"prompt accuracy {p['accuracy']:.1%} < evaluate.gate.min_prompt_accuracy {gate.min_prompt_accuracy:.1%}")
+                   f"prompt accuracy {p['accuracy']:.1%} < evaluate.gate.min_prompt_accuracy "
+                   f"{gate.min_prompt_accuracy:.1%}")
     for e in result.extra.values():
         limit = getattr(gate, e["gate"]) if e.get("gate") else None
         if limit is not None and not passes(e["value"], limit, "<="):

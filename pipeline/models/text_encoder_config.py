@@ -15,8 +15,11 @@ class TextEncoderConfig(Strict):
     hidden: int = Field(128, ge=2, le=8192, description="Hidden width of the MLP from the n-gram bag to the condition.")
     min_ngram: int = Field(2, ge=1, le=10, description="Shortest character n-gram (words carry < and > marks).")
     max_ngram: int = Field(5, ge=1, le=10, description="Longest character n-gram.")
-    lr: float = Field(2e-3, gt=0, le=1, description="Learning rate (Adam) of the text encoder, which learns from caption cross-entropy.")
-    classes: list[str] | None = Field(None, description="Class names that captions are made from, by label id; default: the training data's classes (digits: 0-9, folders: subfolder names).")
+    lr: float = Field(2e-3, gt=0, le=1, description="Learning rate (Adam) of the text encoder, which learns from "
+                                                    "caption cross-entropy.")
+    classes: list[str] | None = Field(None, description="Class names that captions are made from, by label id; "
+                                                        "default: the training data's classes (digits: 0-9, folders: "
+                                                        "subfolder names).")
 
     @model_validator(mode="after")
     def _ngrams(self) -> TextEncoderConfig:

@@ -166,7 +166,8 @@ def _index_html(inp: ReportInputs, curves: dict[str, str], samples: list[tuple[i
 
     body.append("<h2>Quality metrics</h2>")
     if not inp.evals:
-        body.append(f"<p>No evaluation stored beside this model yet: run <code>aigc evaluate {esc(inp.model_uri)}</code>.</p>")
+        body.append("<p>No evaluation stored beside this model yet: run <code>aigc evaluate "
+                    f"{esc(inp.model_uri)}</code>.</p>")
     body += [r.html(inp.gate, eval_files) for r in inp.evals]
 
     body.append("<h2>Training curves</h2>")
@@ -180,7 +181,8 @@ def _index_html(inp: ReportInputs, curves: dict[str, str], samples: list[tuple[i
 
     body.append("<h2>Gallery</h2>")
     if inp.kind != "generate":
-        body.append("<p>This is a model package; run <code>aigc report</code> on a generated output for its gallery.</p>")
+        body.append("<p>This is a model package; run <code>aigc report</code> on a generated output for its "
+                    "gallery.</p>")
     elif not inp.assets:
         body.append("<p>The output holds no assets.</p>")
     else:

@@ -2,7 +2,8 @@
 
     python -m pipeline.specs > docs/spec-reference.md
 
-A test keeps the checked-in file in sync. ``train.model`` gets one table per registered family.
+A test keeps the checked-in file in sync. ``train.model`` gets one table per built-in family
+(installed plugin families document their own configuration).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def reference_markdown() -> str:
         out = []
         for a in getattr(ann, "__args__", (ann,)):
             a = typing.get_args(a)[0] if typing.get_origin(a) is Annotated else a
-            if isinstance(a, type) and issubclass(a, BaseModel):
+            # the package's own models: an installed plugin family documents its configuration itself
+            if isinstance(a, type) and issubclass(a, BaseModel) and a.__module__.startswith("pipeline."):
                 out.append(a)
         return out
 
@@ -44,14 +46,18 @@ def reference_markdown() -> str:
                 default = "see below" if sub else f"`{f.default_factory()}`"
             else:
                 default = f"`{f.default}`"
-            typ = "section" if sub else str(ann).replace("typing.", "").replace("pydantic.types.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+            plain = str(ann)
+            for old, new in (("typing.", ""), ("pydantic.types.", ""), ("<class '", ""), ("'>", ""), (" | ", " or ")):
+                plain = plain.replace(old, new)
+            typ = "section" if sub else plain
             rows.append(f"| `{path}` | {typ} | {default} | {f.description or ''} |")
             if len(subs) > 1:  # a union chosen by `arch`: one table per architecture
                 nested += [(s, path + ".", f" (arch: {typing.get_args(s.model_fields['arch'].annotation)[0]})")
                            for s in subs]
             elif sub:
                 nested.append((sub, path + ".", ""))
-        lines.extend([f"## `{prefix.rstrip('.') or '(top level)'}`{label}", "", model.__doc__.strip().splitlines()[0] if model.__doc__ else "", "",
+        doc = model.__doc__.strip().splitlines()[0] if model.__doc__ else ""
+        lines.extend([f"## `{prefix.rstrip('.') or '(top level)'}`{label}", "", doc, "",
                       "| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
         for sub, p, lab in nested:
             walk(sub, p, lab)

@@ -86,7 +86,8 @@ def storage_options(scheme: str, spec: StorageSpec | None) -> dict[str, Any]:
             client["region_name"] = region
         if client:
             opts["client_kwargs"] = client
-        for key, env in (("key", creds.access_key_env), ("secret", creds.secret_key_env), ("token", creds.session_token_env)):
+        for key, env in (("key", creds.access_key_env), ("secret", creds.secret_key_env),
+                         ("token", creds.session_token_env)):
             if env:
                 if env not in os.environ:
                     raise StorageError(f"storage.credentials: environment variable {env} is not set")

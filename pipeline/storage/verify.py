@@ -150,5 +150,6 @@ def _check_counts(manifest: dict, shards: dict, items: int, expected: dict, repo
     if shards and "files" in counts:
         listed = len(expected) - len(manifest.get("files", {}))
         if counts["files"] != listed:
-            report.problems.append(f"manifest.json: counts.files says {counts['files']:,} but its shards list {listed:,}")
+            report.problems.append(f"manifest.json: counts.files says {counts['files']:,} but its shards list "
+                                   f"{listed:,}")
 

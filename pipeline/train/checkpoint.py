@@ -158,7 +158,8 @@ def _safetensors(data: bytes, name: str, where: str) -> tuple[dict[str, torch.Te
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise PipelineError(f"{where}/{name}: not a readable safetensors file, truncated or corrupt ({first})") from None
+        raise PipelineError(f"{where}/{name}: not a readable safetensors file, truncated or corrupt "
+                            f"({first})") from None
     return tensors, dict(header.get("__metadata__") or {})
 
 
@@ -177,7 +178,8 @@ def load_checkpoint(directory: str, where: str | None = None, parts: tuple[str, 
         files = state["files"]
         int(state["epoch"]), int(state["global_step"]), [state["param_groups"][part] for part in parts]
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        raise PipelineError(f"{where}/{STATE_FILE}: not an {CHECKPOINT_FORMAT} state file (truncated or corrupt)") from None
+        raise PipelineError(f"{where}/{STATE_FILE}: not an {CHECKPOINT_FORMAT} state file "
+                            "(truncated or corrupt)") from None
     blobs = {}
     for name in (MODELS_FILE, OPTIM_FILE):
         data = _read_bytes(directory, name, where)

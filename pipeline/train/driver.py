@@ -116,7 +116,8 @@ def _check_resources(t: TrainSpec, embedded: bool) -> None:
         return  # a real cluster may autoscale; let Ray wait for it
     have = ray.cluster_resources()
     s = t.scaling
-    need = {"CPU": s.num_workers * s.cpus_per_worker, **{k: v * s.num_workers for k, v in s.resources_per_worker.items()}}
+    need = {"CPU": s.num_workers * s.cpus_per_worker,
+            **{k: v * s.num_workers for k, v in s.resources_per_worker.items()}}
     if s.use_gpu:
         need["GPU"] = need.get("GPU", 0) + s.num_workers
     for k, v in need.items():
@@ -233,9 +234,10 @@ def train(job: JobSpec, *, on_progress: Callable[[Progress], None] | None = None
 def _skipped(job: JobSpec, uri: str, started: float) -> TrainResult:
     meta = Store(uri, job.storage).read_json(MODEL_JSON)
     return TrainResult(package_uri=uri, model_sha256=meta.get("model_sha256", ""), version=package_version(job),
-                       run_uri=meta.get("run", ""), epochs=meta.get("epochs", 0), global_step=meta.get("global_step", 0),
-                       history=meta.get("metrics", []), epochs_run=[], resumed_from=None, skipped=True,
-                       seconds=time.perf_counter() - started, data=meta.get("data", {}))
+                       run_uri=meta.get("run", ""), epochs=meta.get("epochs", 0),
+                       global_step=meta.get("global_step", 0), history=meta.get("metrics", []), epochs_run=[],
+                       resumed_from=None, skipped=True, seconds=time.perf_counter() - started,
+                       data=meta.get("data", {}))
 
 
 def _train_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Progress], None] | None,
@@ -252,7 +254,8 @@ def _train_locked(job: JobSpec, run: RunLocation, on_progress: Callable[[Progres
 
 
 def fit_from_last_checkpoint(job: JobSpec, run: RunLocation, data: Any, on_progress: Callable[[Progress], None] | None,
-                             loop: Callable[[dict], None], parts: tuple[str, ...]) -> tuple[LoadedCheckpoint, int | None]:
+                             loop: Callable[[dict], None],
+                             parts: tuple[str, ...]) -> tuple[LoadedCheckpoint, int | None]:
     """Resume from the newest complete checkpoint (checked here, once) or start; fit up to
     ``train.epochs``; return the last checkpoint and the epoch this call resumed after (or None)."""
     t = job.train

@@ -218,7 +218,8 @@ def report_epoch(cfg: LoopConfig, epoch: int, rank: int, metrics: dict[str, Any]
         if rank == 0:
             full = {"epoch": epoch, "global_step": metrics["global_step"], "history": history, **state,
                     "data_fingerprint": cfg.data_fingerprint, "train_fingerprint": cfg.job.fingerprint("train"),
-                    "spec": cfg.job.masked(), "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                    "spec": cfg.job.masked(),
+                    "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             write(tmp, full)
         save_rng(tmp, rank)
         # Distributed: every rank reports (a barrier); Ray merges their files into one checkpoint folder.

@@ -16,12 +16,13 @@ import boto3
 import pytest
 from typer.testing import CliRunner
 
-from helpers import S3_KEY, S3_SECRET, CutProxy, files_of, make_package
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.generate import run_generate
 from pipeline.specs import validate_job
 from pipeline.storage import StorageError, verify
+
+from helpers import S3_KEY, S3_SECRET, CutProxy, files_of, make_package
 
 DATE = "2026-11-28"
 

@@ -11,8 +11,17 @@ from torch import nn
 from pipeline.image.data import read_all, to_float
 from pipeline.image.family import ImageFamily
 from pipeline.train.checkpoint import load_part, save_parts, set_rng_state
-from pipeline.train.worker import (Progress, epoch_indices, mix, no_sync, report_epoch, restore_optimizer, seed_worker,
-                                   start_worker, steps_per_epoch)
+from pipeline.train.worker import (
+    Progress,
+    epoch_indices,
+    mix,
+    no_sync,
+    report_epoch,
+    restore_optimizer,
+    seed_worker,
+    start_worker,
+    steps_per_epoch,
+)
 
 
 class Generator(nn.Module):
@@ -110,4 +119,5 @@ class TinyGAN(ImageFamily):
 
     def describe(self, history: list[dict], data: dict) -> str:
         last = history[-1] if history else {}
-        return f"{len(history)} epochs, loss_D {last.get('loss_D', float('nan')):.3f}, loss_G {last.get('loss_G', float('nan')):.3f}"
+        return (f"{len(history)} epochs, loss_D {last.get('loss_D', float('nan')):.3f}, "
+                f"loss_G {last.get('loss_G', float('nan')):.3f}")

@@ -12,7 +12,8 @@ from pipeline.families.base import ModelConfig
 class ByteGPTConfig(ModelConfig):
     """A small byte-level GPT (nanoGPT-style causal self-attention) for text completion."""
 
-    arch: Literal["bytegpt"] = Field(..., description="`bytegpt`: vocabulary of the 256 byte values plus an end-of-text token.")
+    arch: Literal["bytegpt"] = Field(..., description="`bytegpt`: vocabulary of the 256 byte values plus an "
+                                                      "end-of-text token.")
     n_layer: int = Field(4, ge=1, le=64, description="Transformer blocks.")
     n_head: int = Field(4, ge=1, le=64, description="Attention heads per block (must divide n_embd).")
     n_embd: int = Field(128, ge=8, le=4096, description="Embedding width.")

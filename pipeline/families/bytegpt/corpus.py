@@ -99,7 +99,8 @@ def _jsonl_docs(data: bytes, where: str, column: str) -> list[str]:
         except ValueError as exc:
             raise PipelineError(f"{where}:{i}: invalid JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(record, dict) or column not in record:
-            raise PipelineError(f"{where}:{i}: no '{column}' field (set train.data.text_column to the field that holds the text)")
+            raise PipelineError(f"{where}:{i}: no '{column}' field (set train.data.text_column to the field that holds "
+                                "the text)")
         value = record[column]
         if not isinstance(value, str):
             raise PipelineError(f"{where}:{i}: '{column}' must be a string, not {type(value).__name__}")
@@ -114,7 +115,8 @@ def _parquet_docs(data: bytes, where: str, column: str) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        # use_threads=False: in-memory reads with threads were seen aborting pyarrow 26 at exit (docs/architecture.md, "Ray on a small machine")
+        # use_threads=False: in-memory reads with threads were seen aborting pyarrow 26 at exit
+        # (docs/architecture.md, "Ray on a small machine")
         table = pq.read_table(pa.BufferReader(data), use_threads=False)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise PipelineError(f"{where}: not a readable Parquet file ({type(exc).__name__})") from None

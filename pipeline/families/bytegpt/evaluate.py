@@ -78,8 +78,8 @@ class TextEvalResult:
         return self.model.perplexity / self.baseline.perplexity
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": TEXT_EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri), "model_sha256": self.model_sha256,
-                "n": self.n, "key": self.key, "data": self.data,
+        return {"format": TEXT_EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri),
+                "model_sha256": self.model_sha256, "n": self.n, "key": self.key, "data": self.data,
                 "metrics": {"model": self.model.to_json(), "unigram": self.baseline.to_json()},
                 "seconds": round(self.seconds, 2), "created_at": self.created_at, "versions": package_versions()}
 
@@ -158,7 +158,8 @@ def evaluate_text_package(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None
                             f"(source: text), not '{data.source}'")
     corpus = load_corpus(data, storage)
     if not corpus.heldout:
-        raise PipelineError(f"evaluate.data: {corpus.uri} holds no held-out segment at heldout {corpus.heldout_share:g}")
+        raise PipelineError(f"evaluate.data: {corpus.uri} holds no held-out segment "
+                            f"at heldout {corpus.heldout_share:g}")
     key = hashlib.sha256(json.dumps({"format": TEXT_EVAL_FORMAT, "model": pkg.model_sha256,
                                      "data": corpus.fingerprint}).encode()).hexdigest()[:16]
     out = Store(eval_uri(pkg.uri), storage)
@@ -178,7 +179,8 @@ def evaluate_text_package(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None
         model=TextMetrics.of(model), baseline=TextMetrics.of(unigram), seconds=time.monotonic() - t0,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     if not math.isfinite(result.model.perplexity):
-        raise PipelineError(f"evaluate: the model's held-out perplexity is {result.model.perplexity} (diverged weights?)")
+        raise PipelineError(f"evaluate: the model's held-out perplexity is {result.model.perplexity} (diverged "
+                            "weights?)")
     out.write_json(RESULT, result.to_json())
     result.uri = out.url(RESULT)
     return result

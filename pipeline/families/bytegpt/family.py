@@ -45,7 +45,8 @@ class ByteGPT(Implementation):
                                 "use a larger corpus")
         if not corpus.heldout:
             raise PipelineError(f"train.data.heldout: {corpus.uri} holds {corpus.tokens:,} tokens, too few to hold out "
-                                f"a {corpus.heldout_share:g} share in 2 KiB segments; raise train.data.heldout or use a "
+                                f"a {corpus.heldout_share:g} share in 2 KiB segments; raise train.data.heldout or use "
+                                "a "
                                 "larger corpus")
         per_worker = -(-n // t.scaling.num_workers)
         if per_worker < t.batch_size:

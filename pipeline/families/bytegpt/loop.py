@@ -111,7 +111,8 @@ class TextProgress(Progress):
     def metrics_line(self) -> str:
         m = self.metrics
         if self.kind == "step":
-            return (f"epoch {self.epoch + 1}/{self.epochs}  step {self.step}/{self.steps}  loss {m.get('loss', 0):.3f}  "
+            return (f"epoch {self.epoch + 1}/{self.epochs}  step {self.step}/{self.steps}  loss {m.get('loss', 0):.3f} "
+                    " "
                     f"{m.get('tokens/s', 0):,.0f} tokens/s")
         return (f"epoch {self.epoch + 1}/{self.epochs} done  loss {m.get('loss', 0):.3f}  held-out perplexity "
                 f"{m.get('perplexity', float('nan')):.2f} (unigram {m.get('unigram_perplexity', float('nan')):.2f})  "
@@ -129,7 +130,8 @@ def build_lm(t: TrainSpec) -> ByteGPT:
 def make_optimizer(model: torch.nn.Module, lm: LMSpec) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": lm.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+    return torch.optim.AdamW([{"params": decay, "weight_decay": lm.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}],
                              lr=lm.lr, betas=(lm.beta1, lm.beta2))
 
 
@@ -245,7 +247,8 @@ def loop(config: dict) -> None:
             if rank == 0 and now - last > PROGRESS_EVERY_S:
                 last = now
                 progress(TextProgress("step", epoch, t.epochs, step + 1, steps, global_step,
-                                      {"loss": loss.item(), "tokens/s": (step + 1) * t.batch_size * block * world / (now - t0)}))
+                                      {"loss": loss.item(),
+                                       "tokens/s": (step + 1) * t.batch_size * block * world / (now - t0)}))
         seconds = time.perf_counter() - t0
 
         # 3. held-out perplexity: each rank its segments, summed over the ranks

@@ -198,6 +198,7 @@ def score_segments(model: ByteGPT, segments: list, batch_size: int = 16,
         for i in range(0, len(ws), batch_size):
             w = torch.stack(ws[i: i + batch_size]).to(device)
             logits, _ = model(w[:, :-1])
-            nll += F.cross_entropy(logits.reshape(-1, VOCAB_SIZE).double(), w[:, 1:].reshape(-1), reduction="sum").item()
+            nll += F.cross_entropy(logits.reshape(-1, VOCAB_SIZE).double(), w[:, 1:].reshape(-1),
+                                   reduction="sum").item()
             count += w[:, 1:].numel()
     return nll, count

@@ -21,9 +21,21 @@ class DCGANConfig(ModelConfig):
     d_width: int = Field(64, ge=4, le=1024, description="Discriminator base feature width.")
     conditional: bool = Field(False, description="Class-conditioned G and D (label embedding / projection).")
     num_classes: int = Field(10, ge=2, le=100_000, description="Number of classes when conditional.")
-    g_upsample: Literal["transposed", "nearest", "bilinear"] = Field("transposed", description="How G doubles its feature maps: `transposed` (DCGAN's stride-2 transposed conv) or a `nearest`/`bilinear` upsample followed by a 3x3 conv (no checkerboard artifacts).")
-    d_minibatch_std: bool = Field(False, description="D appends the batch's feature standard deviation (ProGAN's minibatch-stddev) before its output, so a batch of look-alikes is easy to tell from real variety.")
-    text_encoder: TextEncoderConfig | None = Field(None, description="Condition G on prompt text instead of a label embedding (needs conditional: true).")
+    g_upsample: Literal["transposed", "nearest", "bilinear"] = Field("transposed", description="How G doubles its "
+                                                                                               "feature maps: "
+                                                                                               "`transposed` (DCGAN's "
+                                                                                               "stride-2 transposed "
+                                                                                               "conv) or a "
+                                                                                               "`nearest`/`bilinear` "
+                                                                                               "upsample followed by a "
+                                                                                               "3x3 conv (no "
+                                                                                               "checkerboard "
+                                                                                               "artifacts).")
+    d_minibatch_std: bool = Field(False, description="D appends the batch's feature standard deviation (ProGAN's "
+                                                     "minibatch-stddev) before its output, so a batch of look-alikes "
+                                                     "is easy to tell from real variety.")
+    text_encoder: TextEncoderConfig | None = Field(None, description="Condition G on prompt text instead of a label "
+                                                                     "embedding (needs conditional: true).")
 
     @model_validator(mode="after")
     def _text_needs_classes(self) -> DCGANConfig:
@@ -31,7 +43,8 @@ class DCGANConfig(ModelConfig):
             raise ValueError("text_encoder needs conditional: true (captions are made from class labels)")
         if self.text_encoder is not None and self.text_encoder.classes is not None \
                 and len(self.text_encoder.classes) != self.num_classes:
-            raise ValueError(f"text_encoder.classes has {len(self.text_encoder.classes)} names for num_classes {self.num_classes}")
+            raise ValueError(f"text_encoder.classes has {len(self.text_encoder.classes)} names for num_classes "
+                             f"{self.num_classes}")
         return self
 
 

@@ -214,7 +214,8 @@ def sample_grid(G: nn.Module, t: TrainSpec, device: torch.device) -> bytes:
 
 
 def save_checkpoint(directory: str, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer,
-                    opt_d: torch.optim.Optimizer, state: dict, scaler: Any = None, G_ema: nn.Module | None = None) -> dict:
+                    opt_d: torch.optim.Optimizer, state: dict, scaler: Any = None,
+                    G_ema: nn.Module | None = None) -> dict:
     """Write models, optimizers and state.json (with each file's size and sha256) into ``directory``.
 
     ``G_ema`` (the moving average of G, ``train.ema``) goes into models.safetensors as ``G_ema.*``.

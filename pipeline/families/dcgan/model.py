@@ -145,7 +145,8 @@ class Discriminator(nn.Module):
         width = cfg.d_width
         layers: list[nn.Module] = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for _ in range(steps - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                       nn.LeakyReLU(0.2, True)]
             width *= 2
         if cfg.d_minibatch_std:
             layers += [MinibatchStd(), nn.Conv2d(width + 1, width, 3, 1, 1), nn.LeakyReLU(0.2, True)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pipeline.families.base import Family
 from pipeline.families.mlpgan.config import MLPGANConfig
 
+
 def check_job(job) -> None:
     if job.generate is not None and job.generate.prompts is not None:
         raise ValueError("generate.prompts: the mlp-gan architecture is unconditional; prompts need a conditional "

@@ -18,9 +18,16 @@ class VAEConfig(ModelConfig):
     channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
     z_dim: int = Field(32, ge=1, le=4096, description="Latent vector size.")
     width: int = Field(32, ge=4, le=1024, description="Base feature width of encoder and decoder.")
-    conditional: bool = Field(True, description="Encoder and decoder see the class (a label embedding); prompts then need a label.")
+    conditional: bool = Field(True, description="Encoder and decoder see the class (a label embedding); prompts then "
+                                                "need a label.")
     num_classes: int = Field(10, ge=2, le=100_000, description="Number of classes when conditional.")
-    beta: float = Field(1.0, gt=0, le=1000, description="Weight of the KL term in the ELBO (β-VAE; 1 is the true ELBO).")
-    kl_warmup_steps: int = Field(1000, ge=0, le=10_000_000, description="Steps over which the KL weight ramps linearly from 0 to beta (a function of the global step, so resume is exact); 0: no warm-up.")
+    beta: float = Field(1.0, gt=0, le=1000, description="Weight of the KL term in the ELBO (β-VAE; 1 is the true "
+                                                        "ELBO).")
+    kl_warmup_steps: int = Field(1000, ge=0, le=10_000_000, description="Steps over which the KL weight ramps linearly "
+                                                                        "from 0 to beta (a function of the global "
+                                                                        "step, so resume is exact); 0: no warm-up.")
     lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate of encoder and decoder.")
-    heldout: float = Field(0.1, ge=0, lt=1, description="Share of the training data kept out of training (every k-th example in key order), on which the evaluation measures the ELBO in bits per dimension; 0: none held out (the ELBO is then on training images).")
+    heldout: float = Field(0.1, ge=0, lt=1, description="Share of the training data kept out of training (every k-th "
+                                                        "example in key order), on which the evaluation measures the "
+                                                        "ELBO in bits per dimension; 0: none held out (the ELBO is "
+                                                        "then on training images).")

@@ -69,4 +69,5 @@ class VAE(ImageFamily):
 
         return {"elbo.png": ("Negative ELBO per epoch (training images, bits per dimension)",
                              {"bits/dim": col("bits/dim")}),
-                "kl.png": ("KL(q(z|x) || p(z)) per image (nats) and its weight", {"KL": col("kl"), "beta": col("beta")})}
+                "kl.png": ("KL(q(z|x) || p(z)) per image (nats) and its weight",
+                           {"KL": col("kl"), "beta": col("beta")})}
