@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from pipeline.catalog.registry import family_of, implementation, parse_config
 from pipeline.errors import GateFailed, PipelineError
-from pipeline.families.registry import family_of, implementation, parse_config
 from pipeline.package import MODEL_JSON, load_package, train_package_uri
 from pipeline.specs.schema import DataSpec, EvaluateSpec, GateSpec, JobSpec, StorageSpec
 from pipeline.storage import StorageError, Store

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from pipeline.catalog.base import ModelConfig
+from pipeline.catalog.registry import implementation, parse_config
 from pipeline.errors import PackageError, StorageError
-from pipeline.families.base import ModelConfig
-from pipeline.families.registry import implementation, parse_config
 from pipeline.layout import package_uri
 from pipeline.specs.schema import DataSpec, StorageSpec
 from pipeline.storage import Store, is_published, publish, resolve_recorded, sha256

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from pipeline.catalog.registry import parse_config
 from pipeline.cli import app
-from pipeline.families.registry import parse_config
 from pipeline.specs import SpecError, load_job, uri_scheme
 
 ROOT = Path(__file__).resolve().parents[1]

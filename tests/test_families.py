@@ -16,10 +16,10 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
+from pipeline.catalog.registry import families, family, parse_config
 from pipeline.cli import app
 from pipeline.families.mlpgan.model import Discriminator as MLPD
 from pipeline.families.mlpgan.model import Generator as MLPG
-from pipeline.families.registry import families, family, parse_config
 from pipeline.families.vae.loop import heldout_mask
 from pipeline.families.vae.model import VAE, kl_weight
 from pipeline.package import PackageError, load_package

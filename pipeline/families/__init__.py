@@ -1,2 +1,4 @@
-"""Model families: the registry (:mod:`pipeline.families.registry`), the interface
-(:mod:`pipeline.families.base`) and the built-in families, one package each."""
+"""The model families' implementations, one package each (network, loop, sampler, evaluation).
+
+Their torch-free declarations and configurations are in :mod:`pipeline.catalog`.
+"""

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.catalog.registry import implementation
 from pipeline.encode import logical_time, parquet_bytes
 from pipeline.errors import PackageError
-from pipeline.families.registry import implementation
 from pipeline.generate.plan import shard_items
 from pipeline.layout import asset_path, part_path
 from pipeline.package import load_package

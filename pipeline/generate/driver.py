@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.catalog.registry import family_of, implementation
 from pipeline.errors import PackageError, PipelineError, StorageError, last_error_line, user_error_line
-from pipeline.families.registry import family_of, implementation
 from pipeline.generate.actor import ShardConfig, ShardWorker
 from pipeline.generate.plan import ShardPlan, ours, plan_shards
 from pipeline.layout import JOB_FILE, REJECTED

@@ -12,8 +12,8 @@ from __future__ import annotations
 import io
 from typing import Any, Callable
 
+from pipeline.catalog.base import Implementation
 from pipeline.errors import PipelineError
-from pipeline.families.base import Implementation
 from pipeline.image.data import load_data
 from pipeline.image.evaluation import evaluate_images, read_results
 from pipeline.image.realdata import RealData, Split

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.generate.plan import Item
 from pipeline.image.png import SCHEMA, encode_png, provenance
 from pipeline.models.text_encoder import VERSION as TEXT_ENCODER_VERSION
 from pipeline.storage import sha256
@@ -43,7 +42,7 @@ class ImageSampler:
             self.classes += [str(i) for i in range(len(self.classes), self.model.num_classes)]
         self.created_at = cfg.created_at
 
-    def condition(self, chunk: list[Item]) -> tuple[Any, list[dict | None]]:
+    def condition(self, chunk: list[Any]) -> tuple[Any, list[dict | None]]:
         """Condition vectors of a micro-batch, and what each resolved to (provenance).
 
         A text generator turns each prompt into its class posterior (times the class embeddings);
@@ -64,7 +63,7 @@ class ImageSampler:
                                "p": round(float(p[j]), 4), "encoder": TEXT_ENCODER_VERSION}
         return cond, resolved
 
-    def pixels(self, chunk: list[Item]) -> tuple[np.ndarray, list[dict | None]]:
+    def pixels(self, chunk: list[Any]) -> tuple[np.ndarray, list[dict | None]]:
         """uint8 NHWC images for one micro-batch, and what each condition resolved to."""
         import torch
 
@@ -77,7 +76,7 @@ class ImageSampler:
             x = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
             return x.permute(0, 2, 3, 1).cpu().numpy(), resolved
 
-    def __call__(self, chunk: list[Item], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
+    def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
         cfg = self.cfg
         imgs, resolved = self.pixels(chunk)
         out = []

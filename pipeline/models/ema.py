@@ -6,7 +6,7 @@ parameters only. Batch-norm statistics of averaged weights are not the average o
 generator's statistics, so :func:`recalibrate_bn` recomputes them from fresh samples of the
 averaged generator (seeded, so they are a function of the weights and the seed alone).
 
-    >>> from pipeline.families.dcgan.config import DCGANConfig
+    >>> from pipeline.catalog.dcgan import DCGANConfig
     >>> from pipeline.families.dcgan.model import Generator
     >>> g = Generator(DCGANConfig(image_size=32, z_dim=8, g_width=8, conditional=True))
     >>> avg = copy.deepcopy(g)

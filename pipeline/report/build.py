@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from pipeline.catalog.registry import arch_of, implementation, parse_config
 from pipeline.errors import PipelineError, StorageError
-from pipeline.evaluate import read_results
-from pipeline.families.registry import arch_of, implementation, parse_config
 from pipeline.layout import SAMPLES_DIR, report_uri
 from pipeline.report.assets import Asset
 from pipeline.report.html import esc, kv_table, page, src
@@ -120,7 +119,7 @@ def collect(uri: str, storage: StorageSpec | None = None, *, max_items: int = MA
         raise PipelineError(f"{model_uri}/model.json: names no model this installation knows ({exc})") from None
     inputs = ReportInputs(uri=store.uri, kind=manifest["kind"], model_uri=model_store.uri, model_meta=model_meta,
                           manifest=manifest, family=family, gate=gate or _gate_from_spec(manifest.get("spec")))
-    inputs.evals = read_results(model_store.uri, storage, model_meta)
+    inputs.evals = family.read_results(model_store.uri, storage)
     run_uri = str(model_meta.get("run") or "")
     inputs.samples, inputs.samples_note = _epoch_samples(resolve_recorded(run_uri, model_store.uri) if run_uri else "",
                                                          storage, family.samples_ext)

@@ -6,9 +6,9 @@ templating (:mod:`~pipeline.specs.loading`) and the generated reference
     job = load_job("jobs/demo.yaml", overrides=["generate.seeds.count=100"])
 """
 
+from pipeline.catalog.bytegpt import ByteGPTConfig
+from pipeline.catalog.dcgan import DCGANConfig
 from pipeline.checks import MAX_ITEMS, MAX_SHARDS, SpecError, background_rgb, uri_scheme
-from pipeline.families.bytegpt.config import ByteGPTConfig
-from pipeline.families.dcgan.config import DCGANConfig
 from pipeline.models.text_encoder_config import TextEncoderConfig
 from pipeline.specs.loading import (
                                     apply_overrides,

@@ -1,9 +1,9 @@
 """The job spec schema: every pydantic model of a job, from ``storage`` to ``generate``.
 
 ``train.model`` is the configuration class of the model's family, chosen by ``arch`` from the
-family registry (:mod:`pipeline.families.registry`), so an installed third-party family is a valid
+family registry (:mod:`pipeline.catalog.registry`), so an installed third-party family is a valid
 ``arch`` with no edit here. Which data sources, formats, gate thresholds and optional settings
-apply to a model is the family's to say (:class:`~pipeline.families.base.Family`); this module
+apply to a model is the family's to say (:class:`~pipeline.catalog.base.Family`); this module
 checks them without knowing any family by name.
 
 The key paths named in the spec reference (``storage.root``, ``train.epochs``,
@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from pipeline.catalog.registry import family_of
 from pipeline.checks import Strict, check_env_name, check_name, output_overlap
-from pipeline.families.registry import family_of
 from pipeline.specs.stage_schema import (
     EvaluateSpec,
     GateSpec,

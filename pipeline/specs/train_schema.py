@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from pipeline.catalog.base import ModelConfig
+from pipeline.catalog.registry import DEFAULT_ARCH, arch_of, families, family, family_of
 from pipeline.checks import Strict, background_rgb, check_name, check_uri
-from pipeline.families.base import ModelConfig
-from pipeline.families.registry import DEFAULT_ARCH, arch_of, families, family, family_of
 
 
 # --------------------------------------------------------------------------------------------- model

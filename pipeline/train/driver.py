@@ -9,7 +9,7 @@ or from the shell: ``aigc train jobs/demo.yaml [--set train.epochs=30]``.
 
 The driver knows no family: it asks the family of ``train.model`` for its data, its checks, its
 per-worker loop, the checkpoint parts that have optimizers, and what to export
-(:class:`~pipeline.families.base.Implementation`). Everything else is here and shared:
+(:class:`~pipeline.catalog.base.Implementation`). Everything else is here and shared:
 
 * the run folder, its lock (a second run of the job waits), the package already trained from the
   same spec, the resource check;
@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
+from pipeline.catalog.registry import implementation
 from pipeline.errors import PipelineError, user_error_line
-from pipeline.families.registry import implementation
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
 from pipeline.specs.schema import JobSpec, TrainSpec
 from pipeline.storage import StorageError, Store, absolute_uri, is_published, package_versions, worker_env

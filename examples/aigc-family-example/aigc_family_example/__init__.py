@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.families.base import Family, ModelConfig
+from pipeline.catalog.base import Family, ModelConfig
 
 
 class TinyGANConfig(ModelConfig):

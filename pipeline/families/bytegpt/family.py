@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.catalog.base import Implementation
 from pipeline.errors import PipelineError
-from pipeline.families.base import Implementation
 from pipeline.families.bytegpt import loop as text_loop
 from pipeline.families.bytegpt.evaluate import evaluate_text_package, read_text_results
 from pipeline.families.bytegpt.model import SAMPLER, TOKENIZER

@@ -14,7 +14,7 @@
   float64 uniform of the item's generator, after ``temperature`` and ``top_k``; temperature 0 is
   greedy. Sampling stops at EOS (not part of the completion) or after ``max_new_tokens``.
 
-    >>> from pipeline.families.bytegpt.config import ByteGPTConfig
+    >>> from pipeline.catalog.bytegpt import ByteGPTConfig
     >>> m = ByteGPT(ByteGPTConfig(arch="bytegpt", n_layer=1, n_head=2, n_embd=16, block_size=32)).eval()
     >>> c = complete(m, b"Hello", max_new_tokens=8, temperature=1.0, top_k=None, seed=7)
     >>> len(c.tokens) <= 8 and c.stop in ("eos", "length")
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.families.bytegpt.config import ByteGPTConfig
+from pipeline.catalog.bytegpt import ByteGPTConfig
 
 VOCAB_SIZE = 257
 EOS = 256

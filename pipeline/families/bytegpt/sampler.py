@@ -29,7 +29,6 @@ import pyarrow as pa
 
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE
 from pipeline.families.bytegpt.model import complete
-from pipeline.generate.plan import Item
 from pipeline.safety import PromptFilter
 from pipeline.specs.schema import TextSamplingSpec
 
@@ -94,7 +93,7 @@ class CompletionSampler:
                 "created_at": self.created_at, "digital_source_type": IPTC_TRAINED_ALGORITHMIC_MEDIA,
                 "software": SOFTWARE}
 
-    def __call__(self, chunk: list[Item], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
+    def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
         return [({}, self.row(it.item_id, it.prompt or "", it.seed)) for it in chunk]
 
     @staticmethod

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.catalog.dcgan import with_classes
 from pipeline.families.dcgan import loop as gan_loop
-from pipeline.families.dcgan.config import with_classes
 from pipeline.families.dcgan.model import Generator
 from pipeline.image.family import ImageFamily
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.catalog.dcgan import caption_classes
 from pipeline.errors import PipelineError
-from pipeline.families.dcgan.config import caption_classes
 from pipeline.families.dcgan.model import Discriminator, Generator
 from pipeline.image.data import read_all, to_float
 from pipeline.image.grid import GRID, grid_png

@@ -7,7 +7,7 @@
   default, or any vector of ``cond_dim`` given by the caller, e.g. a text encoder); D is a
   projection discriminator (Miyato & Koyama 2018).
 
-    >>> from pipeline.families.dcgan.config import DCGANConfig
+    >>> from pipeline.catalog.dcgan import DCGANConfig
     >>> g = Generator(DCGANConfig(image_size=32, z_dim=16, g_width=8))
     >>> g(torch.randn(2, 16)).shape
     torch.Size([2, 1, 32, 32])
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.families.dcgan.config import DCGANConfig
+from pipeline.catalog.dcgan import DCGANConfig
 from pipeline.models.text_encoder import Features, TextEncoder
 
 

@@ -6,7 +6,7 @@
 Trained with binary cross-entropy on D's probabilities and Adam at 2e-4 (:mod:`~pipeline.families.mlpgan.loop`).
 Unconditional; PyTorch's default initialisation, as in the article.
 
-    >>> from pipeline.families.mlpgan.config import MLPGANConfig
+    >>> from pipeline.catalog.mlpgan import MLPGANConfig
     >>> Generator(MLPGANConfig(arch="mlp-gan"))(torch.randn(2, 100)).shape
     torch.Size([2, 1, 28, 28])
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.families.mlpgan.config import MLPGANConfig
+from pipeline.catalog.mlpgan import MLPGANConfig
 
 SIDE = 28
 

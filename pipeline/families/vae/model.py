@@ -14,7 +14,7 @@
 The package's network is the whole VAE; as an *image generator* (``forward(z, labels, cond)``)
 it decodes: the decoder's mean image of a prior sample, the VAE's customary sample.
 
-    >>> from pipeline.families.vae.config import VAEConfig
+    >>> from pipeline.catalog.vae import VAEConfig
     >>> vae = VAE(VAEConfig(arch="vae", z_dim=8, width=8))
     >>> vae(torch.randn(2, 8), torch.tensor([3, 4])).shape
     torch.Size([2, 1, 32, 32])
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.families.vae.config import VAEConfig
+from pipeline.catalog.vae import VAEConfig
 
 BINS = 255.0  # 8-bit pixels in [-1, 1]: bin edges are ±1/255 around each of the 256 values
 

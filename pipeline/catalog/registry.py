@@ -1,10 +1,10 @@
-"""The family registry: ``train.model.arch`` → :class:`~pipeline.families.base.Family`.
+"""The family registry: ``train.model.arch`` → :class:`~pipeline.catalog.base.Family`.
 
 Built-in families are listed here; every other family comes from the ``aigc.families`` entry point
 group of an installed distribution (each entry point names a ``Family`` object). Loading the
 registry imports only declarations and configuration classes: no torch, no Ray.
 
-    >>> from pipeline.families.registry import family
+    >>> from pipeline.catalog.registry import family
     >>> family("dcgan").config.__name__
     'DCGANConfig'
 """
@@ -14,11 +14,11 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
-from pipeline.families.base import Family, ModelConfig
-from pipeline.families.bytegpt import FAMILY as BYTEGPT
-from pipeline.families.dcgan import FAMILY as DCGAN
-from pipeline.families.mlpgan import FAMILY as MLPGAN
-from pipeline.families.vae import FAMILY as VAE
+from pipeline.catalog.base import Family, ModelConfig
+from pipeline.catalog.bytegpt import FAMILY as BYTEGPT
+from pipeline.catalog.dcgan import FAMILY as DCGAN
+from pipeline.catalog.mlpgan import FAMILY as MLPGAN
+from pipeline.catalog.vae import FAMILY as VAE
 
 ENTRY_POINT_GROUP = "aigc.families"
 DEFAULT_ARCH = "dcgan"  # what a train.model section without `arch` is (every spec before families)
@@ -30,7 +30,7 @@ _BROKEN: dict[str, str] = {}  # entry point name → why it could not be loaded
 def register(fam: Family) -> Family:
     """Add a family (built-ins and entry points call this; a spec validated afterwards may use it)."""
     if not isinstance(fam, Family):
-        raise TypeError(f"{fam!r} is not a pipeline.families.base.Family")
+        raise TypeError(f"{fam!r} is not a pipeline.catalog.base.Family")
     arch_field = fam.config.model_fields.get("arch")
     if arch_field is None:
         raise TypeError(f"{fam.config.__name__} has no `arch` field")

@@ -1,4 +1,9 @@
-"""Configuration of the byte-level GPT (``train.model`` with ``arch: bytegpt``), torch-free."""
+"""The byte-level GPT family (``arch: bytegpt``): a nanoGPT-style language model over bytes that
+completes prompts, trained on a text corpus.
+
+Its declaration and configuration (torch-free); :mod:`pipeline.families.bytegpt.family` is
+its implementation.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.families.base import ModelConfig
+from pipeline.catalog.base import Family, ModelConfig
 
 
 class ByteGPTConfig(ModelConfig):
@@ -25,3 +30,10 @@ class ByteGPTConfig(ModelConfig):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         return self
+
+
+FAMILY = Family(
+    arch="bytegpt", config=ByteGPTConfig, implementation_path="pipeline.families.bytegpt.family:ByteGPT",
+    summary="byte-level GPT: completes text prompts",
+    data_sources=("text",), formats=("parquet",), seeds=False, gate_keys=("max_perplexity",),
+    train_options=("lm",), generate_options=("text",))
