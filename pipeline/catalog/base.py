@@ -48,6 +48,13 @@ class ModelConfig(Strict):
                                                  "load one).")
 
 
+def prompts_need_a_condition(job: Any) -> None:
+    """``check_job`` of a family whose models are conditional or not by configuration: prompts need one that is."""
+    gen, model = job.generate, job.train.model
+    if gen is not None and gen.prompts is not None and not model.conditional:
+        raise ValueError("generate.prompts: prompts need a conditional model, but train.model.conditional is false")
+
+
 @dataclass(frozen=True)
 class Family:
     """A family's declaration: torch-free facts about it, and where its implementation lives.

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.catalog.base import Family, ModelConfig
+from pipeline.catalog.base import Family, ModelConfig, prompts_need_a_condition
 from pipeline.models.text_encoder_config import TextEncoderConfig
 
 
@@ -75,13 +75,8 @@ def with_classes(model: DCGANConfig, data_classes: list[str]) -> DCGANConfig:
 IMAGE_GATE = ("max_fld", "max_fld_ratio", "min_score", "max_memorization", "min_prompt_accuracy")
 
 
-def check_job(job) -> None:
-    gen, model = job.generate, job.train.model
-    if gen is not None and gen.prompts is not None and not model.conditional:
-        raise ValueError("generate.prompts: prompts need a conditional model, but train.model.conditional is false")
-
 
 FAMILY = Family(
     arch="dcgan", config=DCGANConfig, implementation_path="pipeline.families.dcgan.family:DCGAN",
     summary="DCGAN: convolutional G and projection D, conditioned on a class or a prompt",
-    gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"), check_job=check_job)
+    gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"), check_job=prompts_need_a_condition)

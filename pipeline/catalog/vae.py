@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.catalog.base import Family, ModelConfig
+from pipeline.catalog.base import Family, ModelConfig, prompts_need_a_condition
 
 
 class VAEConfig(ModelConfig):
@@ -39,14 +39,9 @@ class VAEConfig(ModelConfig):
                                                         "then on training images).")
 
 
-def check_job(job) -> None:
-    gen, model = job.generate, job.train.model
-    if gen is not None and gen.prompts is not None and not model.conditional:
-        raise ValueError("generate.prompts: prompts need a conditional model, but train.model.conditional is false")
-
 
 FAMILY = Family(
     arch="vae", config=VAEConfig, implementation_path="pipeline.families.vae.family:VAE",
     summary="conditional convolutional VAE with a discretized logistic decoder (ELBO in bits/dim)",
     gate_keys=("max_fld", "max_fld_ratio", "min_score", "max_memorization", "max_bits_per_dim"),
-    check_job=check_job)
+    check_job=prompts_need_a_condition)

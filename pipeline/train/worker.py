@@ -111,6 +111,14 @@ def start_worker(config: dict) -> Worker:
     return Worker(cfg=cfg, rank=ctx.get_world_rank(), world=ctx.get_world_size(), device=ray.train.torch.get_device())
 
 
+def resumed(ck: LoadedCheckpoint | None) -> tuple[int, int, list[dict], int | None]:
+    """(first epoch to train, global step, metrics history, epoch resumed after) from a checkpoint, or a fresh
+    start's (0, 0, [], None)."""
+    if ck is None:
+        return 0, 0, [], None
+    return ck.epoch + 1, int(ck.state["global_step"]), list(ck.state["history"]), ck.epoch
+
+
 def restore_optimizer(ck: LoadedCheckpoint, name: str, opt: torch.optim.Optimizer, **spec: Any) -> None:
     """An optimizer's state from a checkpoint part; ``spec`` (lr, betas, ...) wins over what was saved."""
     try:

@@ -28,7 +28,6 @@ How it works
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,14 +44,14 @@ from pipeline.specs.schema import LMSpec, TrainSpec
 from pipeline.train.checkpoint import save_parts, set_rng_state
 from pipeline.train.worker import (
     PROGRESS_EVERY_S,
-    LoopConfig,
     Progress,
-    checkpoint_on_worker,
     epoch_indices,
     mix,
     quiet_worker_logs,
     report_epoch,
+    resumed,
     seed_worker,
+    start_worker,
     steps_per_epoch,
     unwrap,
     world_nodes,
@@ -177,23 +176,13 @@ def loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    cfg: LoopConfig = config["cfg"]
-    cfg.env.apply()
+    w = start_worker(config)
+    cfg, rank, world, device, progress = w.cfg, w.rank, w.world, w.device, w.progress
     t = cfg.job.train
-    assert t is not None
     lm = t.lm or LMSpec()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
     block = t.model.block_size
 
-    def progress(event: Progress) -> None:
-        if rank == 0 and cfg.progress is not None:
-            with contextlib.suppress(Exception):  # progress is best effort, never a reason to fail
-                cfg.progress.put_nowait(event)
-
     # 1. data: the whole token stream and the held-out segments on every worker
-    quiet_worker_logs()
     tokens, heldout = _read_tokens(ray.train.get_dataset_shard("train"))
     quiet_worker_logs()
     n = windows(len(tokens), block)
@@ -203,12 +192,10 @@ def loop(config: dict) -> None:
 
     # 2. the model from the seed, or from the checkpoint rank 0 chose (after a resume or a restart)
     model = build_lm(t)
-    start_epoch, global_step, history, resumed_from = 0, 0, [], None
-    ck, rng = checkpoint_on_worker(cfg, rank, world, parts=(PART,))
+    ck, rng = w.resume((PART,))
+    start_epoch, global_step, history, resumed_from = resumed(ck)
     if ck is not None:
         restore_lm(ck, model)
-        resumed_from = ck.epoch
-        start_epoch, global_step, history = ck.epoch + 1, int(ck.state["global_step"]), list(ck.state["history"])
     model = ray.train.torch.prepare_model(model)  # Distributed: DDP all-reduces the gradients
     opt = make_optimizer(model, lm)
     if ck is not None:

@@ -41,15 +41,15 @@ from pipeline.specs.schema import TrainSpec
 from pipeline.train.checkpoint import OPTIM_FILE, LoadedCheckpoint, load_part, save_parts, set_rng_state
 from pipeline.train.worker import (
     PROGRESS_EVERY_S,
-    LoopConfig,
     Progress,
-    checkpoint_on_worker,
     epoch_indices,
     mix,
     no_sync,
     quiet_worker_logs,
     report_epoch,
+    resumed,
     seed_worker,
+    start_worker,
     steps_per_epoch,
     unwrap,
     world_nodes,
@@ -253,21 +253,11 @@ def loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    cfg: LoopConfig = config["cfg"]
-    cfg.env.apply()
+    w = start_worker(config)
+    cfg, rank, world, device, progress = w.cfg, w.rank, w.world, w.device, w.progress
     t = cfg.job.train
-    assert t is not None
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-
-    def progress(event: Progress) -> None:
-        if rank == 0 and cfg.progress is not None:
-            with contextlib.suppress(Exception):  # progress is best effort, never a reason to fail
-                cfg.progress.put_nowait(event)
 
     # 1. data: the whole decoded set, in key order, on every worker (slices are cut per epoch)
-    quiet_worker_logs()
     images, labels = read_all(ray.train.get_dataset_shard("train"))
     quiet_worker_logs()  # Ray Data's logging setup on first use resets what Ray Train configured
     n = len(images)
@@ -278,12 +268,10 @@ def loop(config: dict) -> None:
     G, D = build_models(t)
     te = t.model.text_encoder if conditional else None
     classes = caption_classes(t.model, cfg.classes)
-    start_epoch, global_step, history, resumed_from = 0, 0, [], None
-    ck, rng = checkpoint_on_worker(cfg, rank, world)
+    ck, rng = w.resume(PARTS)
+    start_epoch, global_step, history, resumed_from = resumed(ck)
     if ck is not None:
         restore(ck, G, D)
-        resumed_from = ck.epoch
-        start_epoch, global_step, history = ck.epoch + 1, int(ck.state["global_step"]), list(ck.state["history"])
     G_ema = build_ema(t, G, ck, device)
     # Distributed: two separate DDP wrappers (one module holding both breaks GAN training).
     G = ray.train.torch.prepare_model(G)

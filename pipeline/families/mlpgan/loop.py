@@ -25,8 +25,10 @@ from pipeline.train.worker import (
     epoch_indices,
     mix,
     no_sync,
+    quiet_worker_logs,
     report_epoch,
     restore_optimizer,
+    resumed,
     seed_worker,
     start_worker,
     steps_per_epoch,
@@ -80,16 +82,15 @@ def loop(config: dict) -> None:
     w = start_worker(config)
     t = w.cfg.job.train
     images, _ = read_all(ray.train.get_dataset_shard("train"))
+    quiet_worker_logs()  # Ray Data's logging setup on first use resets what Ray Train configured
     n = len(images)
     steps = steps_per_epoch(n, w.world, t.batch_size)
     G, D = build_models(t)
-    start_epoch, global_step, history, resumed_from = 0, 0, [], None
     ck, rng = w.resume(PARTS)
+    start_epoch, global_step, history, resumed_from = resumed(ck)
     if ck is not None:
         load_part(ck, "G", G)
         load_part(ck, "D", D)
-        resumed_from, start_epoch = ck.epoch, ck.epoch + 1
-        global_step, history = int(ck.state["global_step"]), list(ck.state["history"])
     G = ray.train.torch.prepare_model(G)  # Distributed: two separate DDP wrappers
     D = ray.train.torch.prepare_model(D)
     opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))

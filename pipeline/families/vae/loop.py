@@ -21,8 +21,10 @@ from pipeline.train.worker import (
     Progress,
     epoch_indices,
     mix,
+    quiet_worker_logs,
     report_epoch,
     restore_optimizer,
+    resumed,
     seed_worker,
     start_worker,
     steps_per_epoch,
@@ -80,17 +82,16 @@ def loop(config: dict) -> None:
     t = w.cfg.job.train
     cfg = t.model
     images, labels = read_all(ray.train.get_dataset_shard("train"))
+    quiet_worker_logs()  # Ray Data's logging setup on first use resets what Ray Train configured
     train_idx = torch.nonzero(~heldout_mask(len(images), cfg.heldout)).squeeze(1)
     n = len(train_idx)
     steps = steps_per_epoch(n, w.world, t.batch_size)
     dims = cfg.channels * cfg.image_size * cfg.image_size
     model = build_vae(t)
-    start_epoch, global_step, history, resumed_from = 0, 0, [], None
     ck, rng = w.resume((PART,))
+    start_epoch, global_step, history, resumed_from = resumed(ck)
     if ck is not None:
         load_part(ck, PART, model)
-        resumed_from, start_epoch = ck.epoch, ck.epoch + 1
-        global_step, history = int(ck.state["global_step"]), list(ck.state["history"])
     model = ray.train.torch.prepare_model(model)  # Distributed: DDP all-reduces the gradients
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if ck is not None:
