@@ -2,6 +2,7 @@
 
     aigc validate jobs/demo.yaml
     aigc verify outputs/generated/demo/2026-11-28
+    aigc verify outputs/generated/demo/2026-11-28 --c2pa --trust-anchors ca.pem
 """
 
 from __future__ import annotations
@@ -65,18 +66,39 @@ def verify(
     uri: Annotated[str, typer.Argument(help="Output URI holding manifest.json (local path, s3://, gs://, memory://).")],
     endpoint: Annotated[Optional[str], typer.Option(help="S3 endpoint URL for S3-compatible stores.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    c2pa: Annotated[bool, typer.Option("--c2pa", help="Also validate every signed asset's C2PA manifest (a changed "
+                                                      "pixel fails, by name).")] = False,
+    trust_anchors: Annotated[Optional[str], typer.Option("--trust-anchors", help="PEM file of the CA certificates "
+                                                                                 "to trust for --c2pa (without it: "
+                                                                                 "signatures and bindings only).")]
+    = None,
 ) -> None:
-    """Recompute every checksum in a manifest; exit 1 naming each missing, extra or corrupt file."""
+    """Recompute every checksum in a manifest; exit 1 naming each missing, extra or corrupt file (and, with --c2pa,
+    each asset whose content credentials do not validate)."""
+    from pipeline.errors import PipelineError
     from pipeline.storage import verify as verify_uri
 
-    report = verify_uri(uri, specs.StorageSpec(root=uri, endpoint=endpoint))
+    anchors = None
+    if trust_anchors is not None:
+        if not c2pa:
+            raise PipelineError("--trust-anchors: applies to --c2pa only")
+        try:
+            with open(trust_anchors, encoding="utf-8") as fh:
+                anchors = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PipelineError(f"--trust-anchors: cannot read {trust_anchors} ({type(exc).__name__})") from None
+        if "-----BEGIN CERTIFICATE-----" not in anchors:
+            raise PipelineError(f"--trust-anchors: {trust_anchors} holds no PEM certificate")
+    report = verify_uri(uri, specs.StorageSpec(root=uri, endpoint=endpoint), c2pa=c2pa, trust_anchors=anchors)
     if as_json:
         typer.echo(json.dumps(report.__dict__, indent=1))
     else:
         for line in report.lines():
             typer.echo(line, err=not report.ok)
         status = "OK" if report.ok else "FAILED"
-        typer.echo(f"{status}: {report.files_checked} files, {report.bytes_checked:,} bytes checked at {report.uri}")
+        signed = (f"; {report.c2pa_checked:,} C2PA manifests checked ({report.c2pa_trust})" if c2pa else "")
+        typer.echo(f"{status}: {report.files_checked} files, {report.bytes_checked:,} bytes checked at {report.uri}"
+                   f"{signed}")
     if not report.ok:
         raise typer.Exit(1)
 

@@ -1,5 +1,5 @@
-"""What every asset kind shares: the Parquet writer of a shard's table, the run's logical time,
-and the IPTC code every generated asset carries.
+"""What every asset kind shares: the Parquet writer of a shard's table (with the key-value metadata
+that marks it AI-generated), the run's logical time, and the IPTC code every generated asset carries.
 
     >>> parquet_bytes({"x": [1, 2]}, pa.schema([("x", pa.int64())]))[:4]
     b'PAR1'
@@ -24,8 +24,34 @@ def logical_time(date: str) -> dt.datetime:
     return dt.datetime.fromisoformat(date).replace(tzinfo=dt.timezone.utc)
 
 
-def parquet_bytes(rows: dict[str, list], schema: pa.Schema) -> bytes:
-    """One Parquet file (a single row group) from column lists; deterministic for equal input."""
+def ai_metadata(*, job: str, date: str, model_sha256: str, job_seed: int, shard: str, items: int,
+                first_item: str | None, last_item: str | None) -> dict[str, str]:
+    """The Parquet key-value metadata that marks a shard's table as AI-generated (any family).
+
+    Keys are ``aigc.*`` strings; every value derives from the spec and the model, so the part's bytes
+    stay deterministic. Item seeds derive from ``aigc.job_seed`` and each item's index (or prompt line),
+    so the first and last item ids name the table's seed range.
+    """
+    return {
+        "aigc.ai_generated": "true",
+        "aigc.digital_source_type": IPTC_TRAINED_ALGORITHMIC_MEDIA,
+        "aigc.software": SOFTWARE,
+        "aigc.model_sha256": model_sha256,
+        "aigc.job": job,
+        "aigc.date": date,
+        "aigc.job_seed": str(job_seed),
+        "aigc.shard": shard,
+        "aigc.items": str(items),
+        "aigc.item_range": f"{first_item}..{last_item}" if first_item is not None else "",
+    }
+
+
+def parquet_bytes(rows: dict[str, list], schema: pa.Schema, metadata: dict[str, str] | None = None) -> bytes:
+    """One Parquet file (a single row group) from column lists, with ``metadata`` added to the schema's
+    key-value metadata; deterministic for equal input."""
+    if metadata:
+        schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in
+                                                                       metadata.items()}})
     table = pa.Table.from_pydict(rows, schema=schema)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd", row_group_size=max(1, table.num_rows), write_statistics=True)

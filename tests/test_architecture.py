@@ -158,3 +158,15 @@ def test_no_comment_points_at_a_document_outside_the_repository():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in sorted(PKG.rglob("*.py"))
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if "DESIGN §" in line]
     assert hits == []
+
+
+def test_gpu_check_runs_its_cpu_safe_parts():
+    """benchmarks/gpu_check.sh --dry-run: the GPU check's training, generation, ceiling and byte-identity
+    paths on the CPU at tiny sizes, through the script a GPU machine runs."""
+    r = subprocess.run([str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    out = r.stdout
+    assert r.returncode == 0, out[-2000:] + r.stderr[-3000:]
+    for figure in ("1. training", "2. generation", "3. byte identity", "4. peak GPU memory"):
+        assert figure in out
+    assert "identical" in out and "ratio" in out

@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 from pipeline.errors import PipelineError
 from pipeline.families.bytegpt.corpus import SEGMENT, load_corpus, split, tokenize, unigram_nll
-from pipeline.families.bytegpt.model import EOS, ByteGPT, complete, score_segments
+from pipeline.families.bytegpt.model import EOS, ByteGPT, complete, complete_batch, score_segments
 from pipeline.generate import item_seed, run_generate
 from pipeline.package import export_package, load_package
 from pipeline.specs import DataSpec, SpecError, TextModelSpec, deep_merge, load_job, validate_job
@@ -68,7 +68,7 @@ def gen_job(root, model, prompts, *, actors=2, batch=16, shard_size=4, **gen) ->
     return {"name": "t", "storage": {"root": str(root)},
             "generate": deep_merge({"model": model, "seed": 5, "prompts": {"uri": prompts, "samples_per_prompt": 3},
                                     "output": "{root}/{name}/{date}", "formats": ["parquet"], "shard_size": shard_size,
-                                    "text": {"temperature": 1.0, "top_k": 50, "max_new_tokens": 100},
+                                    "text": {"temperature": 1.0, "top_k": 50, "max_new_tokens": 100, "batch_size": 3},
                                     "safety": {"blocklist": ["secret"]},
                                     "scaling": {"num_actors": actors, "num_cpus": 0.5, "batch_size": batch}}, gen)}
 
@@ -175,6 +175,34 @@ def test_sampling_depends_on_the_item_seed_alone():
     assert complete(m, b"abc", max_new_tokens=5, temperature=1.0, top_k=None, seed=1).stop == "eos"
 
 
+def test_batched_sampling_computes_what_each_row_computes_alone():
+    """Ragged prompts, left-padded: every row's logits are its own unbatched forward's (to float rounding);
+    past block_size the windows refill from their last half block; a row that ends leaves the batch."""
+    from pipeline.families.bytegpt.model import _padded
+
+    torch.manual_seed(0)
+    m = ByteGPT(tiny_model(block_size=16)).eval()
+    rows = [list(b"abc"), list(b"a longer prompt"), [EOS]]
+    idx, pos, mask, _ = _padded(rows, "cpu")
+    with torch.inference_mode():
+        batched = m(idx, pos=pos, mask=mask)[0][:, -1]
+        alone = torch.stack([m(torch.tensor([r]))[0][0, -1] for r in rows])
+    assert torch.allclose(batched, alone, atol=1e-5)
+    prompts, seeds = [b"abc", b"a longer prompt", b"", b"x" * 20], [1, 2, 3, 4]
+    a = complete_batch(m, prompts, seeds, max_new_tokens=30, temperature=1.0, top_k=None)
+    assert a == complete_batch(m, prompts, seeds, max_new_tokens=30, temperature=1.0, top_k=None)  # deterministic
+    assert all(len(c.tokens) == 30 or c.stop == "eos" for c in a)  # 20 + 30 > 16: the window slides, no error
+    short = [b"abc", b"hi there", b""]  # contexts within the block: greedy batched is greedy alone
+    assert [c.tokens for c in complete_batch(m, short, [1, 2, 3], max_new_tokens=8, temperature=0, top_k=None)] == \
+        [complete(m, p, max_new_tokens=8, temperature=0, top_k=None, seed=1).tokens for p in short]
+    with torch.no_grad():  # every logit favours EOS: every row stops at once, and the loop with it
+        m.ln_f.weight.zero_()
+        m.ln_f.bias.fill_(1.0)
+        m.wte.weight[EOS] = 10.0
+    assert [c.stop for c in complete_batch(m, prompts, seeds, max_new_tokens=5, temperature=1.0, top_k=None)] == \
+        ["eos"] * 4
+
+
 def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
     def no_pickle(*a, **k):
         raise AssertionError("a model package was unpickled")
@@ -214,6 +242,7 @@ def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
     ({"evaluate": {"gate": {"max_fld": 3}}}, "evaluate.gate.max_fld: does not apply to the bytegpt architecture"),
     ({"train": {"data": {"heldout": 0}}}, "train.data.heldout: must be greater than 0"),
     ({"generate": {"text": {"top_k": 0}}}, "generate.text.top_k: must be greater than or equal to 1"),
+    ({"generate": {"provenance": {"xmp": False}}}, "generate.provenance: does not apply to the bytegpt architecture"),
 ])
 def test_text_spec_errors_name_the_key(change, message):
     base = yaml.safe_load(DEMO.read_text())
@@ -259,7 +288,7 @@ def test_completions_parquet_reads_back_with_provenance(clean_run, text_pkg):
     assert res.items == 19 * 3 and res.rejected == 1 and res.shards == 15  # "the secret plan" blocked
     assert verify(res.output).ok
     manifest = json.loads((Path(res.output) / "manifest.json").read_text())
-    assert (manifest["encoder"]["sampler"] == "aigc-bytegpt-sample/1"
+    assert (manifest["encoder"]["sampler"] == "aigc-bytegpt-sample/2"
             and manifest["model_sha256"] == load_package(text_pkg).model_sha256)
     rows = rows_of(res.output)
     assert len(rows) == res.items == len({r["item_id"] for r in rows})
@@ -274,10 +303,16 @@ def test_completions_parquet_reads_back_with_provenance(clean_run, text_pkg):
     assert r["digital_source_type"].endswith("/trainedAlgorithmicMedia") and str(r["created_at"]).startswith(DATE)
     # an untrained byte model writes invalid UTF-8 now and then: recorded, never an error
     assert any(not x["utf8_valid"] for x in rows) and any("\ufffd" in x["completion"] for x in rows)
-    # the completion is what the sampler makes for that seed, alone
-    c = complete(load_package(text_pkg).build_model(), b"This module provides", max_new_tokens=100, temperature=1.0,
-                 top_k=50, seed=r["seed"])
-    assert c.data == r["completion_bytes"]
+    # the completion is what the batched sampler makes for that item's micro-batch: its shard's items in
+    # order, cut into generate.text.batch_size (3) groups
+    part = next(p for p in sorted((Path(res.output) / "data").glob("*.parquet"))
+                if r["item_id"] in pq.read_table(p, columns=["item_id"]).column("item_id").to_pylist())
+    shard = pq.read_table(part).to_pylist()
+    at = [x["item_id"] for x in shard].index(r["item_id"])
+    group = shard[at - at % 3: at - at % 3 + 3]
+    made = complete_batch(load_package(text_pkg).build_model(), [x["prompt"].encode() for x in group],
+                          [x["seed"] for x in group], max_new_tokens=100, temperature=1.0, top_k=50)
+    assert [c.data for c in made] == [x["completion_bytes"] for x in group]
     rejected = [json.loads(x) for x in (Path(res.output) / "rejected.jsonl").read_text().splitlines()]
     assert rejected == [{"line": 3, "prompt": "the secret plan", "reason": "blocked term 'secret'"}]
 

@@ -541,3 +541,17 @@ def test_trained_generator_makes_recognisable_digits(ray_session, tmp_path):
           f"{untrained_conf:.2f}")
     assert trained_conf >= 0.6 and trained_conf >= untrained_conf + 0.4
     assert trained_right >= 0.5  # and mostly the digit it was asked for
+
+
+def test_gloo_and_nccl_are_pinned_to_the_ray_node_interface_unless_the_user_set_them(monkeypatch):
+    """Gloo would take its address from the hostname (127.0.1.1 on default Debian hosts); every worker binds
+    it to the interface of its Ray node IP instead. A value the user set wins."""
+    from pipeline.train.rendezvous import interface_of, pin_interfaces
+
+    assert interface_of("127.0.0.1") == "lo" and interface_of("192.0.2.123") is None
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    monkeypatch.setenv("NCCL_SOCKET_IFNAME", "ib0")
+    assert pin_interfaces("127.0.0.1") == {"GLOO_SOCKET_IFNAME": "lo"}
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "lo" and os.environ["NCCL_SOCKET_IFNAME"] == "ib0"
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME")
+    assert pin_interfaces("192.0.2.123") == {} and "GLOO_SOCKET_IFNAME" not in os.environ

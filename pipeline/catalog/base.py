@@ -72,7 +72,7 @@ class Family:
     seeds: bool = True  # generates from latent seeds (generate.seeds)
     gate_keys: tuple[str, ...] = ()  # the evaluate.gate thresholds its evaluation fills
     train_options: tuple[str, ...] = ()  # of TRAIN_OPTIONS
-    generate_options: tuple[str, ...] = ()  # optional generate sections it reads ("text")
+    generate_options: tuple[str, ...] = ()  # optional generate sections it reads ("text", "provenance")
     check_job: Callable[[Any], None] | None = None
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 

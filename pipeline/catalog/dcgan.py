@@ -79,4 +79,5 @@ IMAGE_GATE = ("max_fld", "max_fld_ratio", "min_score", "max_memorization", "min_
 FAMILY = Family(
     arch="dcgan", config=DCGANConfig, implementation_path="pipeline.families.dcgan.family:DCGAN",
     summary="DCGAN: convolutional G and projection D, conditioned on a class or a prompt",
-    gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"), check_job=prompts_need_a_condition)
+    gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"), generate_options=("provenance",),
+    check_job=prompts_need_a_condition)

@@ -44,4 +44,4 @@ FAMILY = Family(
     arch="vae", config=VAEConfig, implementation_path="pipeline.families.vae.family:VAE",
     summary="conditional convolutional VAE with a discretized logistic decoder (ELBO in bits/dim)",
     gate_keys=("max_fld", "max_fld_ratio", "min_score", "max_memorization", "max_bits_per_dim"),
-    check_job=prompts_need_a_condition)
+    generate_options=("provenance",), check_job=prompts_need_a_condition)

@@ -9,7 +9,16 @@ actor knows no family: the package's family gives it a **sampler**, an object wi
 * ``__call__(items, path_of) -> list[(files, row)]``: one micro-batch of
   :class:`~pipeline.generate.plan.Item` → per item, its own files by extension (``{"png": b"..."}``,
   or none) and its Parquet row; ``path_of(item_id, ext)`` names where an item's file goes;
-* optionally ``counts(rows) -> dict``: figures summed over the shards into the manifest.
+* optionally ``counts(rows) -> dict``: figures summed over the shards into the manifest;
+* optionally ``micro_batch``: the micro-batch size when the bytes depend on it (it must then come
+  from a spec field inside the run's fingerprint), instead of ``generate.scaling.batch_size``.
+* optionally ``canonical(ext, data) -> bytes`` and ``canonical_row(row) -> row``: a file (a row)
+  without the bytes that no rerun reproduces (a C2PA manifest's random salts); when the sampler
+  has them, the shard index records under ``canonical`` the sha256 of each file as it is without
+  them (docs/provenance.md, "Determinism").
+
+Every shard's Parquet part carries key-value metadata that marks it AI-generated
+(:func:`pipeline.encode.ai_metadata`), whatever the family.
 
 Items run in fixed micro-batches of ``generate.scaling.batch_size`` in item order, and each item
 draws from its own seeded generator, so the bytes of an item never depend on actor count,
@@ -25,13 +34,13 @@ from typing import Any
 import numpy as np
 
 from pipeline.catalog.registry import implementation
-from pipeline.encode import logical_time, parquet_bytes
+from pipeline.encode import ai_metadata, logical_time, parquet_bytes
 from pipeline.errors import PackageError
 from pipeline.generate.plan import shard_items
 from pipeline.layout import asset_path, part_path
 from pipeline.package import load_package
 from pipeline.specs.schema import StorageSpec
-from pipeline.storage import Store, WorkerEnv, commit_shard
+from pipeline.storage import Store, WorkerEnv, commit_shard, sha256
 
 
 @dataclass
@@ -66,6 +75,9 @@ class ShardWorker:
 
         cfg.env.apply()
         torch.set_num_threads(cfg.threads)  # actors share the node: one pool, not N x all cores
+        if cfg.device.startswith("cuda"):  # the same kernels for the same shapes: bytes independent of timing
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         self.cfg = cfg
         pkg = load_package(cfg.model_uri, cfg.storage)
         if pkg.model_sha256 != cfg.model_sha256:  # the package changed under a running job
@@ -87,20 +99,45 @@ class ShardWorker:
         items = shard_items(row, cfg.job_seed, sampler.seed_classes)
         files: dict[str, bytes] = {}
         rows: list[dict] = []
-        for lo in range(0, len(items), cfg.batch_size):
-            chunk = items[lo: lo + cfg.batch_size]
+        step = getattr(sampler, "micro_batch", None) or cfg.batch_size  # a family may fix its micro-batch in the spec
+        for lo in range(0, len(items), step):
+            chunk = items[lo: lo + step]
             for item, (own, table_row) in zip(chunk,
                                               sampler(chunk, lambda item_id, ext: asset_path(shard, item_id, ext))):
                 for ext, data in own.items():
                     if ext in cfg.formats:
                         files[asset_path(shard, item.item_id, ext)] = data
                 rows.append(table_row)
+        # every family's table says it is AI-generated, in its Parquet key-value metadata
+        marks = ai_metadata(job=cfg.job, date=cfg.date, model_sha256=cfg.model_sha256, job_seed=cfg.job_seed,
+                            shard=shard, items=len(items), first_item=items[0].item_id if items else None,
+                            last_item=items[-1].item_id if items else None)
         if "parquet" in cfg.formats:
-            files[part_path(shard)] = parquet_bytes({n: [r[n] for r in rows] for n in sampler.schema.names},
-                                                    sampler.schema)
+            files[part_path(shard)] = self.table(rows, marks)
         meta: dict[str, Any] = {"items": len(items)}
         counts = getattr(sampler, "counts", None)
         if counts is not None:
             meta["counts"] = counts(rows)
+        if getattr(sampler, "canonical", None) is not None:
+            meta["canonical"] = self.canonical(shard, files, rows, marks)
         rec = commit_shard(self.store, shard, files, meta)
         return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"]}
+
+    def table(self, rows: list[dict], marks: dict[str, str]) -> bytes:
+        schema = self.sampler.schema
+        return parquet_bytes({n: [r[n] for r in rows] for n in schema.names}, schema, marks)
+
+    def canonical(self, shard: str, files: dict[str, bytes], rows: list[dict], marks: dict[str, str]) -> dict:
+        """sha256 of each file whose bytes no rerun reproduces (a signed asset), as it is without what
+        differs: the sampler's ``canonical(ext, data)``, and its ``canonical_row`` for the Parquet part."""
+        sampler, out = self.sampler, {}
+        part = part_path(shard)
+        for rel, data in files.items():
+            if rel == part:
+                fix = getattr(sampler, "canonical_row", None)
+                same = self.table([fix(r) for r in rows], marks) if fix is not None else data
+            else:
+                same = sampler.canonical(rel.rsplit(".", 1)[-1], data)
+            if same != data:
+                out[rel] = sha256(same)
+        return dict(sorted(out.items()))

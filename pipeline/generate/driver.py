@@ -97,13 +97,16 @@ def model_uri_for(job: JobSpec) -> str:
     return train_package_uri(job)
 
 
-def run_key(job: JobSpec, model_sha256: str, date: str) -> dict[str, Any]:
-    """What fixes the bytes of a run: everything but scaling (actors, batch size, GPUs)."""
+def run_key(job: JobSpec, model_sha256: str, date: str, encoder: dict | None = None) -> dict[str, Any]:
+    """What fixes the bytes of a run: everything but scaling (actors, batch size, GPUs), plus the
+    versions of what writes the files (``encoder``), so a release that writes other bytes never
+    resumes or skips an output of an earlier one."""
     gen = job.generate
     assert gen is not None
     spec = gen.model_dump(mode="json", exclude={"scaling"}, exclude_none=True)
     spec.pop("model", None)
-    key = {"job": job.name, "date": date, "model_sha256": model_sha256, "generate": spec}
+    key = {"job": job.name, "date": date, "model_sha256": model_sha256, "generate": spec,
+           **({"encoder": encoder} if encoder else {})}
     key["fingerprint"] = sha256(json.dumps(key, sort_keys=True).encode())
     return key
 
@@ -176,7 +179,7 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
         prompts = load_prompts(gen.prompts, job.storage, num_classes=num_classes,
                                prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist),
                                labels_required=labels_required, shard_size=gen.shard_size)
-    key = run_key(job, pkg.model_sha256, date)
+    key = run_key(job, pkg.model_sha256, date, impl.manifest_encoder(pkg.config))
 
     check_output_is_ours(store)  # before the lock file: nothing is written into a folder that is not ours
     with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
@@ -197,8 +200,9 @@ def _check_family(job: JobSpec, fam: Any, model_uri: str) -> None:
     odd = [f for f in gen.formats if f not in fam.formats]
     if odd and "formats" in gen.model_fields_set:
         raise PipelineError(f"generate.formats: {where}, which writes {', '.join(fam.formats)} only")
-    if gen.text is not None and "text" not in fam.generate_options:
-        raise PipelineError(f"generate.text: does not apply: {where}")
+    for option in ("text", "provenance"):
+        if getattr(gen, option) is not None and option not in fam.generate_options:
+            raise PipelineError(f"generate.{option}: does not apply: {where}")
 
 
 def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, address: str | None, progress: bool,

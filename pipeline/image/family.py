@@ -18,6 +18,7 @@ from pipeline.image.data import load_data
 from pipeline.image.evaluation import evaluate_images, read_results
 from pipeline.image.realdata import RealData, Split
 from pipeline.image.sampler import ENCODER, ImageSampler
+from pipeline.provenance.options import ProvenanceOptions, provenance_options
 from pipeline.report.assets import Asset, parquet_assets, parquet_parts
 from pipeline.report.html import esc, provenance_rows, src
 from pipeline.storage import Store
@@ -64,6 +65,10 @@ class ImageFamily(Implementation):
         if job.generate.prompts is not None and not conditional(config):
             raise PipelineError(f"generate.prompts: the model at {model_uri} takes no conditioning; prompts need a "
                                 "conditional model")
+
+    def sampler_options(self, job: Any) -> ProvenanceOptions:
+        # generate.provenance, resolved in the driver: env vars read, a C2PA key tried once (one line if it fails)
+        return provenance_options(job.generate.provenance)
 
     def sampler(self, package: Any, cfg: Any) -> ImageSampler:
         return ImageSampler(package, cfg)

@@ -9,6 +9,11 @@ plus the class embeddings ``embed``. Its configuration has ``z_dim`` and, when c
 Each item's latent comes from its own ``torch.Generator(item seed)``; a text-conditioned item's
 condition is its prompt's class posterior times the class embeddings, and what it resolved to is
 recorded in its provenance.
+
+Provenance, in the order it is written (``generate.provenance``, :mod:`pipeline.provenance`): the
+watermark into the pixels (images of at least 256x256 px), then the PNG with its text chunks and
+XMP packet, then the C2PA signature over all of it. The signed PNG is what lands in storage and in
+the Parquet ``image`` column alike; ``canonical`` gives the bytes as they were before signing.
 """
 
 from __future__ import annotations
@@ -18,11 +23,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+import pipeline
 from pipeline.image.png import SCHEMA, encode_png, provenance
 from pipeline.models.text_encoder import VERSION as TEXT_ENCODER_VERSION
+from pipeline.provenance import watermark
+from pipeline.provenance.c2pa import AssetSigner, manifest_for, strip_manifest
+from pipeline.provenance.options import ProvenanceOptions
+from pipeline.provenance.xmp import XmpFields, xmp_packet
 from pipeline.storage import sha256
 
-ENCODER = {"png": "aigc-png/1", "parquet_schema": SCHEMA.to_string()}
+ENCODER = {"png": "aigc-png/2", "parquet_schema": SCHEMA.to_string()}
 
 
 class ImageSampler:
@@ -41,6 +51,13 @@ class ImageSampler:
         if self.conditional:
             self.classes += [str(i) for i in range(len(self.classes), self.model.num_classes)]
         self.created_at = cfg.created_at
+        opts = cfg.options
+        self.prov = opts if isinstance(opts, ProvenanceOptions) else ProvenanceOptions()
+        self.system = f"aigc-pipeline {self.model.arch} generator"
+        self.system_version = f"aigc-pipeline {pipeline.__version__}, model sha256:{cfg.model_sha256}"
+        self.signer = AssetSigner(self.prov.c2pa) if self.prov.c2pa is not None else None
+        # what no rerun reproduces (a C2PA manifest's salts) taken out, for the shard index (actor.py)
+        self.canonical = self._canonical if self.signer is not None else None
 
     def condition(self, chunk: list[Any]) -> tuple[Any, list[dict | None]]:
         """Condition vectors of a micro-batch, and what each resolved to (provenance).
@@ -76,15 +93,48 @@ class ImageSampler:
             x = ((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
             return x.permute(0, 2, 3, 1).cpu().numpy(), resolved
 
+    def encode(self, it: Any, px: np.ndarray, res: dict | None) -> bytes:
+        """One item's PNG: watermark, text chunks, XMP, then the C2PA signature (each as the job asks)."""
+        cfg, prov = self.cfg, self.prov
+        prompt = it.prompt if prov.include_prompt else None
+        mark = None
+        if prov.watermark is not None:
+            px, mark = watermark.apply(px, watermark.payload_for(cfg.model_sha256), prov.watermark.method,
+                                       prov.watermark.min_psnr)
+        extra = {"aigc:condition": json.dumps(res, sort_keys=True)} if res is not None else {}
+        if mark is not None:
+            extra["aigc:watermark"] = json.dumps(mark, sort_keys=True)
+        xmp = None
+        if prov.xmp:
+            said = {"watermark": ("applied: " + mark["method"]) if mark["applied"] else
+                    ("not applied: " + mark["reason"])} if mark is not None else {}
+            xmp = xmp_packet(XmpFields(job=cfg.job, item_id=it.item_id, seed=it.seed, model_sha256=cfg.model_sha256,
+                                       system=self.system, system_version=self.system_version,
+                                       created=self.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"), prompt=prompt,
+                                       label=it.label, extra=said))
+        png = encode_png(px if px.shape[2] != 1 else px[:, :, 0],
+                         provenance(job=cfg.job, item_id=it.item_id, seed=it.seed, model_sha256=cfg.model_sha256,
+                                    prompt=prompt, label=it.label, extra=extra), xmp=xmp)
+        if self.signer is not None:
+            png = self.signer.sign(png, manifest_for(job=cfg.job, date=cfg.date, item_id=it.item_id, seed=it.seed,
+                                                     model_sha256=cfg.model_sha256, system=self.system,
+                                                     watermark=mark))
+        return png
+
+    def _canonical(self, ext: str, data: bytes) -> bytes:
+        return strip_manifest(data) if ext == "png" else data
+
+    def canonical_row(self, row: dict) -> dict:
+        """A Parquet row as it would be unsigned: the image without its manifest store, and that image's sha256."""
+        png = strip_manifest(row["image"]["bytes"])
+        return {**row, "image": {**row["image"], "bytes": png}, "png_sha256": sha256(png)}
+
     def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
         cfg = self.cfg
         imgs, resolved = self.pixels(chunk)
         out = []
         for it, px, res in zip(chunk, imgs, resolved):
-            extra = {"aigc:condition": json.dumps(res, sort_keys=True)} if res is not None else None
-            png = encode_png(px if px.shape[2] != 1 else px[:, :, 0],
-                             provenance(job=cfg.job, item_id=it.item_id, seed=it.seed, model_sha256=cfg.model_sha256,
-                                        prompt=it.prompt, label=it.label, extra=extra))
+            png = self.encode(it, px, res)
             row = {"item_id": it.item_id, "seed": it.seed, "prompt": it.prompt, "label": it.label,
                    "resolved_label": res["label"] if res else None, "resolved_p": res["p"] if res else None,
                    "text_encoder": res["encoder"] if res else None,

@@ -97,7 +97,7 @@ class JobSpec(Strict):
             if odd and "formats" in gen.model_fields_set:  # the default is cut to what the family writes
                 raise ValueError(f"generate.formats: the {fam.arch} architecture writes {', '.join(fam.formats)} only; "
                                  f"set formats: [{', '.join(fam.formats)}]")
-            for option in ("text",):
+            for option in ("text", "provenance"):
                 if getattr(gen, option) is not None and option not in fam.generate_options:
                     raise ValueError(f"generate.{option}: does not apply to the {fam.arch} architecture")
         if ev is not None:

@@ -8,7 +8,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.checks import MAX_SHARDS, TEMPLATE_KEYS, TEMPLATE_RE, Strict, check_uri
+from pipeline.checks import (
+    MAX_SHARDS,
+    TEMPLATE_KEYS,
+    TEMPLATE_RE,
+    Strict,
+    check_env_name,
+    check_uri,
+    has_userinfo,
+)
 from pipeline.specs.train_schema import DataSpec
 
 
@@ -109,9 +117,94 @@ class TextSamplingSpec(Strict):
                               description="Sample among the k most likely tokens only; null: all 257.")
     max_new_tokens: int = Field(128, ge=1, le=100_000, description="Most bytes generated per completion (it stops "
                                                                    "earlier at the end-of-text token).")
+    batch_size: int = Field(64, ge=1, le=4096, description="Items sampled together, in one forward pass per step "
+                                                          "(fixed micro-batches of a shard, in item order). Part of "
+                                                          "the run's fingerprint: the bytes depend on it, never on "
+                                                          "actors or retries; 1 samples each item alone.")
     filter_completions: bool = Field(False, description="Apply generate.safety to completions too; a blocked "
                                                         "completion is kept as a row with its reason in `rejected` and "
                                                         "no text.")
+
+
+_SIGNER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+class C2paSpec(Strict):
+    """C2PA content credentials: each PNG signed last, after its XMP (docs/provenance.md)."""
+
+    cert_chain_env: str = Field(..., description="NAME of the env var holding the PEM certificate chain, end-entity "
+                                                 "certificate first (never the certificate itself).")
+    private_key_env: str | None = Field(None, description="NAME of the env var holding the PEM (PKCS#8) private key "
+                                                          "of the end-entity certificate; leave out when `signer` "
+                                                          "signs with a key held in a KMS.")
+    signer: str | None = Field(None, description="`module:function` that signs bytes with a key held elsewhere (a "
+                                                 "KMS): `function(data: bytes) -> bytes` returns the signature "
+                                                 "for `algorithm` (64 raw bytes for Ed25519; for ES256 r and s "
+                                                 "concatenated, or DER). Importable on every generation actor.")
+    algorithm: Literal["ed25519", "es256"] = Field("ed25519", description="Signature algorithm of the key. Ed25519 "
+                                                                          "signatures are deterministic; ES256 ones "
+                                                                          "are not.")
+    timestamp_url: str | None = Field(None, description="RFC 3161 timestamp authority URL (http or https); each "
+                                                        "signature is then timestamped online, and its bytes differ "
+                                                        "from run to run.")
+
+    @field_validator("cert_chain_env", "private_key_env")
+    @classmethod
+    def _env(cls, v: str | None) -> str | None:
+        return None if v is None else check_env_name(v, "")
+
+    @field_validator("signer")
+    @classmethod
+    def _signer(cls, v: str | None) -> str | None:
+        if v is not None and not _SIGNER_RE.fullmatch(v):
+            raise ValueError("must be an importable `module:function` name, e.g. my_kms.signing:sign")
+        return v
+
+    @field_validator("timestamp_url")
+    @classmethod
+    def _tsa(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.fullmatch(r"https?://[^\s]+", v) or not v.isprintable():
+            raise ValueError("must be an http:// or https:// URL")
+        if has_userinfo(v):
+            raise ValueError("must not carry credentials (user:password@ in the URL)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_key(self) -> C2paSpec:
+        if (self.private_key_env is None) == (self.signer is None):
+            raise ValueError("generate.provenance.c2pa: give exactly one of private_key_env (a PEM key in an env var) "
+                             "and signer (a module:function that signs with a key held in a KMS)")
+        return self
+
+
+class WatermarkSpec(Strict):
+    """An imperceptible watermark (the `invisible-watermark` package) in images of at least 256x256 pixels."""
+
+    method: Literal["dwtDctSvd", "dwtDct"] = Field("dwtDctSvd", description="invisible-watermark's method; dwtDctSvd "
+                                                                            "decodes reliably where dwtDct often "
+                                                                            "does not.")
+    min_psnr: float = Field(30.0, ge=0, le=100, description="Apply the mark only when the marked image stays at "
+                                                            "least this close to the original (PSNR, dB) and the mark "
+                                                            "reads back; otherwise the image is left unmarked and its "
+                                                            "metadata says why.")
+
+
+class ProvenanceSpec(Strict):
+    """What every asset says about its origin beyond the always-on PNG text chunks (docs/provenance.md)."""
+
+    xmp: bool = Field(True, description="An XMP packet in each PNG: IPTC DigitalSourceType trainedAlgorithmicMedia, "
+                                        "the IPTC 2025.1 AI fields, xmp:CreatorTool, xmp:CreateDate, dc:description "
+                                        "and the aigc namespace (job, item, seed, model sha256).")
+    include_prompt: bool = Field(True, description="Embed each item's prompt in its asset's metadata (XMP "
+                                                   "AIPromptInformation and the aigc:prompt text chunk). false keeps "
+                                                   "prompts out of every asset file; the Parquet row, the job's own "
+                                                   "table, still holds it.")
+    c2pa: C2paSpec | None = Field(None, description="Sign every PNG with C2PA content credentials; left out: no "
+                                                    "signature.")
+    watermark: WatermarkSpec | None = Field(None, description="Watermark images of at least 256x256 pixels; left "
+                                                              "out: no watermark.")
 
 
 class GenerateScaling(Strict):
@@ -141,6 +234,9 @@ class GenerateSpec(Strict):
     safety: SafetySpec = Field(default_factory=SafetySpec, description="Prompt filter.")
     text: TextSamplingSpec | None = Field(None, description="Sampling of a text (bytegpt) model; defaults when left "
                                                             "out.")
+    provenance: ProvenanceSpec | None = Field(None, description="Provenance beyond the PNG text chunks (XMP, C2PA, "
+                                                                "watermark); left out: XMP on, prompts included, no "
+                                                                "C2PA, no watermark.")
 
     @field_validator("model")
     @classmethod

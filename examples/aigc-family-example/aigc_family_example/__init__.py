@@ -25,4 +25,5 @@ class TinyGANConfig(ModelConfig):
 
 
 FAMILY = Family(arch="tiny-gan", config=TinyGANConfig, implementation_path="aigc_family_example.family:TinyGAN",
-                summary="example plugin: a tiny MLP GAN", gate_keys=("max_fld", "max_fld_ratio", "max_memorization"))
+                summary="example plugin: a tiny MLP GAN", gate_keys=("max_fld", "max_fld_ratio", "max_memorization"),
+                generate_options=("provenance",))  # an ImageFamily: it writes what generate.provenance asks

@@ -7,9 +7,11 @@ files with the prompt filter, item ids and seeds (``p<line>-<k>``, the seed from
 k) alone), fixed shards, the ``_job.json`` fingerprint, the lock, resume, manifest and
 ``_SUCCESS`` are the same as for images.
 
-:class:`CompletionSampler` completes each item alone (:func:`pipeline.families.bytegpt.model.complete`,
-its own ``torch.Generator(seed)``), so the bytes of an item never depend on actor count, batch
-size, shard neighbours or retries. Each shard becomes one Parquet file with :data:`TEXT_SCHEMA`.
+:class:`CompletionSampler` samples the items of a shard in fixed micro-batches of
+``generate.text.batch_size`` (:func:`pipeline.families.bytegpt.model.complete_batch`), each item
+from its own ``torch.Generator(seed)``: the micro-batches are cut from the spec and their size is
+in the run's fingerprint, so the bytes never depend on actor count, scheduling or retries. Each
+shard becomes one Parquet file with :data:`TEXT_SCHEMA`.
 
 Completions are bytes. ``completion`` holds them decoded as UTF-8 with ``errors="replace"`` (each
 invalid sequence, e.g. a character cut off by ``max_new_tokens``, becomes U+FFFD); the exact
@@ -28,7 +30,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE
-from pipeline.families.bytegpt.model import complete
+from pipeline.families.bytegpt.model import Completion, complete_batch
 from pipeline.safety import PromptFilter
 from pipeline.specs.schema import TextSamplingSpec
 
@@ -76,25 +78,29 @@ class CompletionSampler:
         self.created_at = cfg.created_at
         s = self.options.sampling
         self.filter = PromptFilter(self.options.blocklist, self.options.allowlist) if s.filter_completions else None
+        self.micro_batch = s.batch_size  # the bytes depend on it: it is in the run's fingerprint
 
-    def row(self, item_id: str, prompt: str, seed: int) -> dict[str, Any]:
+    def row(self, item_id: str, prompt: str, seed: int, c: Completion) -> dict[str, Any]:
         """One item: its completion and provenance, as a Parquet row."""
         s, cfg = self.options.sampling, self.cfg
-        prompt_bytes = prompt.encode("utf-8")
-        c = complete(self.model, prompt_bytes, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                     top_k=s.top_k, seed=seed, device=cfg.device)
         text = c.data.decode("utf-8", errors="replace")
         rejected = self.filter.check(text) if self.filter is not None else None
         return {"item_id": item_id, "prompt": prompt, "completion": None if rejected else text,
                 "completion_bytes": None if rejected else c.data, "utf8_valid": text.encode("utf-8") == c.data,
                 "stop_reason": c.stop, "rejected": rejected, "seed": seed, "model_sha256": cfg.model_sha256,
                 "temperature": s.temperature, "top_k": s.top_k, "max_new_tokens": s.max_new_tokens,
-                "prompt_tokens": len(prompt_bytes), "completion_tokens": len(c.tokens), "job": cfg.job,
+                "prompt_tokens": len(prompt.encode("utf-8")), "completion_tokens": len(c.tokens), "job": cfg.job,
                 "created_at": self.created_at, "digital_source_type": IPTC_TRAINED_ALGORITHMIC_MEDIA,
                 "software": SOFTWARE}
 
     def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
-        return [({}, self.row(it.item_id, it.prompt or "", it.seed)) for it in chunk]
+        """One micro-batch of ``generate.text.batch_size`` items, sampled together."""
+        s = self.options.sampling
+        prompts = [it.prompt or "" for it in chunk]
+        done = complete_batch(self.model, [p.encode("utf-8") for p in prompts], [it.seed for it in chunk],
+                              max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_k=s.top_k,
+                              device=self.cfg.device)
+        return [({}, self.row(it.item_id, p, it.seed, c)) for it, p, c in zip(chunk, prompts, done)]
 
     @staticmethod
     def counts(rows: list[dict]) -> dict[str, int]:

@@ -1,0 +1,232 @@
+"""C2PA content credentials for generated PNGs, with the ``c2pa-python`` library.
+
+Each PNG is signed last, after its XMP packet and text chunks are written: the manifest store goes
+into a ``caBX`` chunk after IHDR, and its hard binding (``c2pa.hash.data``) covers every other byte
+of the file, so a changed pixel (or any changed byte) makes the manifest ``Invalid``.
+
+The manifest of an asset holds
+
+* a ``c2pa.actions`` assertion with one ``c2pa.created`` action: ``digitalSourceType``
+  trainedAlgorithmicMedia, the ``softwareAgent`` (aigc-pipeline and its version) and, under the
+  one parameter ``aigc``, the item id and the model sha256;
+* an ``org.aigc-pipeline.generation`` assertion: job, date, item id, seed, model sha256, the AI
+  system and, when a watermark was asked for, whether one was applied and why not;
+* a label ``urn:c2pa:<uuid>`` and an instance id ``xmp:iid:<uuid>`` derived from the job, the date,
+  the item id and the model sha256 (the XMP ``xmpMM:InstanceID`` is the same), and no thumbnail.
+
+**What is not reproducible.** c2pa-rs gives every assertion box a random 16-byte ``c2sh`` salt
+(``DefaultSalt``; c2pa-python 0.38.1 has no setting to fix it). The claim holds a hash of each
+assertion box, salt included, and the signature signs the claim, so per signing these bytes of
+the ``caBX`` chunk differ from run to run: the salts, the claim's assertion hashes and the
+signature (Ed25519 itself is deterministic; ES256 and a timestamp authority add randomness of
+their own). Everything else is the same: :func:`strip_manifest` gives the PNG as it was before
+signing, whose sha256 the shard index records under ``canonical``, and the manifest the reader
+reports (labels, ids, assertions, signer) is the same. (A custom parameter map with more than
+one key would also come out in a random key order, which is why the action carries one.)
+
+The library is imported inside the functions that use it, never when this module is imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import pipeline
+from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA
+from pipeline.errors import PipelineError
+from pipeline.provenance.xmp import instance_uuid
+
+MIME = "image/png"
+MANIFEST_CHUNK = b"caBX"  # where C2PA puts its manifest store in a PNG
+ASSERTION = "org.aigc-pipeline.generation"
+_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ PNG chunks
+def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, offset, total length) of every chunk of a PNG; ValueError when it is not one."""
+    if not data.startswith(_SIG):
+        raise ValueError("not a PNG")
+    out, i = [], len(_SIG)
+    while i + 12 <= len(data):
+        (n,) = struct.unpack(">I", data[i:i + 4])
+        out.append((data[i + 4:i + 8], i, n + 12))
+        i += n + 12
+    if i != len(data):
+        raise ValueError("truncated PNG")
+    return out
+
+
+def has_manifest(png: bytes) -> bool:
+    try:
+        return any(kind == MANIFEST_CHUNK for kind, _, _ in png_chunks(png))
+    except ValueError:
+        return False
+
+
+def strip_manifest(png: bytes) -> bytes:
+    """The PNG without its C2PA manifest store: byte for byte the file as it was before signing."""
+    return _SIG + b"".join(png[o:o + n] for kind, o, n in png_chunks(png) if kind != MANIFEST_CHUNK)
+
+
+# ------------------------------------------------------------------------------------------ signing
+def manifest_for(*, job: str, date: str, item_id: str, seed: int, model_sha256: str, system: str,
+                 watermark: dict | None = None) -> dict:
+    """The manifest definition of one asset (deterministic: see the module docstring)."""
+    uid = instance_uuid(job, date, item_id, model_sha256)
+    generation: dict[str, Any] = {"job": job, "date": date, "item_id": item_id, "seed": seed,
+                                  "model_sha256": model_sha256, "ai_system": system}
+    if watermark is not None:
+        generation["watermark"] = watermark
+    return {
+        "claim_generator_info": [{"name": "aigc-pipeline", "version": pipeline.__version__}],
+        "title": f"{item_id}.png",
+        "format": MIME,
+        "label": f"urn:c2pa:{uid}",
+        "instance_id": f"xmp:iid:{uid}",
+        "assertions": [
+            {"label": "c2pa.actions", "data": {"actions": [{
+                "action": "c2pa.created",
+                "digitalSourceType": IPTC_TRAINED_ALGORITHMIC_MEDIA,
+                "softwareAgent": {"name": "aigc-pipeline", "version": pipeline.__version__},
+                "parameters": {"aigc": {"item_id": item_id, "model_sha256": model_sha256}},
+            }]}},
+            {"label": ASSERTION, "data": generation},
+        ],
+    }
+
+
+def load_callback(name: str) -> Callable[[bytes], bytes]:
+    """The KMS signing function named ``module:function``; PipelineError naming it when it cannot be loaded."""
+    module, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise PipelineError(f"generate.provenance.c2pa.signer: cannot load {name} ({type(exc).__name__}: "
+                            f"{str(exc)[:120]})") from None
+    if not callable(fn):
+        raise PipelineError(f"generate.provenance.c2pa.signer: {name} is not a function")
+    return fn
+
+
+class AssetSigner:
+    """Signs PNGs with one key for the life of an actor (the library objects are built once).
+
+    ``opts`` is a :class:`pipeline.provenance.options.SigningOptions`; no key material is kept on
+    this object beyond what the library holds.
+    """
+
+    def __init__(self, opts: Any):
+        import c2pa as lib
+
+        self.lib, self.opts = lib, opts
+        self.context = lib.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+        if opts.signer is not None:
+            alg = {"ed25519": lib.C2paSigningAlg.ED25519, "es256": lib.C2paSigningAlg.ES256}[opts.algorithm]
+            self.signer = lib.Signer.from_callback(load_callback(opts.signer), alg, opts.cert_chain,
+                                                   opts.timestamp_url)
+        else:
+            info = lib.C2paSignerInfo(opts.algorithm.encode(), opts.cert_chain.encode(),
+                                      opts.private_key.value.encode(), opts.timestamp_url)
+            self.signer = lib.Signer.from_info(info)
+
+    def sign(self, png: bytes, manifest: dict) -> bytes:
+        out = io.BytesIO()
+        self.lib.Builder(manifest, self.context).sign(self.signer, MIME, io.BytesIO(png), out)
+        return out.getvalue()
+
+
+def _probe_png() -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+    return _SIG + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
+
+
+def _reason(exc: BaseException, secrets: list[str]) -> str:
+    """The library's message in one line, with nothing of a secret in it."""
+    text = " ".join(str(exc).split())[:200]
+    for secret in secrets:
+        for line in secret.splitlines():
+            if len(line.strip()) >= 8 and line.strip() in text:
+                text = text.replace(line.strip(), "…")
+    return text or type(exc).__name__
+
+
+def check_signing(opts: Any) -> None:
+    """Sign and read back a 1-pixel PNG before any actor starts: a key that does not fit its certificate,
+    an unusable chain or a failing KMS function is one line naming the env vars, never their values."""
+    where = f"the certificate chain in ${opts.cert_chain_env} and " + (
+        f"the key in ${opts.private_key_env}" if opts.signer is None else f"the signer {opts.signer}")
+    secrets = [opts.private_key.value] if opts.private_key is not None else []
+    try:
+        signer = AssetSigner(opts)
+        signed = signer.sign(_probe_png(), manifest_for(job="probe", date="1970-01-01", item_id="probe", seed=0,
+                                                        model_sha256="0" * 64, system="probe"))
+        state, failures = Validator(None).state(signed)
+    except PipelineError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the library's errors are many; each becomes one line
+        raise PipelineError(f"generate.provenance.c2pa: cannot sign with {where}: {_reason(exc, secrets)}") from None
+    if state not in ("Valid", "Trusted"):
+        raise PipelineError(f"generate.provenance.c2pa: a test signature with {where} does not validate "
+                            f"({state}: {', '.join(failures[:3])})")
+
+
+# ------------------------------------------------------------------------------------------ reading
+@dataclass
+class Finding:
+    """The reader's verdict on one asset."""
+
+    ok: bool
+    state: str  # Trusted, Valid, Invalid, or "no manifest"
+    failures: list[str]
+
+
+class Validator:
+    """Validates assets against ``trust_anchors`` (PEM text of the CA certificates to trust), or, without
+    them, checks signatures and bindings only (the reader's ``Valid``: the signer is not checked)."""
+
+    def __init__(self, trust_anchors: str | None):
+        import c2pa as lib
+
+        self.lib, self.anchors = lib, trust_anchors
+        settings: dict = {"verify": {"verify_trust": trust_anchors is not None}}
+        if trust_anchors is not None:
+            settings["trust"] = {"trust_anchors": trust_anchors}
+        self.context = lib.Context.from_dict(settings)
+
+    def state(self, png: bytes) -> tuple[str, list[str]]:
+        """(validation state, failure codes with their explanation)."""
+        try:
+            reader = self.lib.Reader(MIME, io.BytesIO(png), None, self.context)
+        except self.lib.C2paError as exc:
+            if "ManifestNotFound" in type(exc).__name__ or "no JUMBF" in str(exc):
+                return "no manifest", []
+            return "unreadable", [" ".join(str(exc).split())[:200]]
+        try:
+            state = reader.get_validation_state() or "unknown"
+            results = reader.get_validation_results() or {}
+        finally:
+            reader.close()
+        fails = [f"{f.get('code')}" for f in (results.get("activeManifest") or {}).get("failure", [])]
+        return state, fails
+
+    def check(self, png: bytes) -> Finding:
+        state, failures = self.state(png)
+        wanted = ("Trusted",) if self.anchors is not None else ("Valid", "Trusted")
+        return Finding(state in wanted, state, failures)
+
+    def manifest(self, png: bytes) -> dict:
+        """The active manifest as the reader reports it (what tests compare between runs)."""
+        import json
+
+        with self.lib.Reader(MIME, io.BytesIO(png), None, self.context) as reader:
+            data = json.loads(reader.json())
+        return data["manifests"][data["active_manifest"]]
