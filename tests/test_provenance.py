@@ -29,7 +29,7 @@ from pipeline.provenance.c2pa import AssetSigner, Validator, has_manifest, png_c
 from pipeline.provenance.options import SigningOptions, provenance_options
 from pipeline.provenance.xmp import KEYWORD
 from pipeline.specs import SpecError, load_job, validate_job
-from pipeline.storage import Store, sha256, verify
+from pipeline.storage import sha256, verify
 
 from helpers import files_of, make_package, require_system
 
@@ -70,6 +70,14 @@ _KMS: dict = {}
 def kms_sign(data: bytes) -> bytes:
     """A KMS stand-in for the `signer` hook: the key lives here, not in the pipeline."""
     return _KMS["key"].sign(data)
+
+
+def kms_sign_es256(data: bytes) -> bytes:
+    """An ES256 KMS stand-in: ECDSA with a random nonce, as KMSs sign (DER, which the library accepts)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return _KMS["es256"].sign(data, ec.ECDSA(hashes.SHA256()))
 
 
 @pytest.fixture(scope="module")
@@ -122,17 +130,6 @@ def signed(ray_session, package, prompts_file, chain, tmp_path_factory):
     return {"a": a.output, "b": b.output, "anchors": str(anchors), "items": a.items, "root": root}
 
 
-def canonical_files(out: str) -> dict[str, str]:
-    """Every listed file → its canonical sha256 (the shard index's, for signed files) or its sha256."""
-    store = Store(out)
-    manifest = store.read_json("manifest.json")
-    files = {k: v["sha256"] for k, v in manifest["files"].items()}
-    for rec in manifest["shards"].values():
-        index = store.read_json(rec["index"])
-        files.update({k: index.get("canonical", {}).get(k, v["sha256"]) for k, v in index["files"].items()})
-    return files
-
-
 def change_a_pixel(path: Path) -> None:
     """Flip one pixel byte inside the PNG's image data (re-deflated, CRC fixed: still a valid PNG)."""
     data = path.read_bytes()
@@ -178,25 +175,47 @@ def test_every_signed_asset_validates_against_the_test_ca(signed):
     assert verify(str(out), c2pa=True).ok
 
 
-def test_signed_bytes_differ_only_in_the_c2pa_salts_whatever_the_actors_or_batch_size(signed):
-    a, b = signed["a"], signed["b"]
-    ca, cb = canonical_files(a), canonical_files(b)
-    assert len(ca) > 53 and ca == cb  # every PNG, Parquet part (canonical forms) and top-level file
-    fa, fb = files_of(a), files_of(b)
-    pngs = sorted(k for k in fa if k.endswith(".png"))
-    assert set(fa) == set(fb)
-    # the exception, precisely: signed PNGs differ, in their caBX chunk only ...
-    assert all(fa[k] != fb[k] for k in pngs)
-    validator = Validator(None)
-    for rel in pngs[:4]:
-        da, db = (Path(a) / rel).read_bytes(), (Path(b) / rel).read_bytes()
-        assert strip_manifest(da) == strip_manifest(db) and sha256(strip_manifest(da)) == ca[rel]
-        assert [k for k, _, _ in png_chunks(da)] == [k for k, _, _ in png_chunks(db)]
-        # ... and the manifest they carry says the same (labels, ids, assertions, signer)
-        assert validator.manifest(da) == validator.manifest(db)
-    # the unsigned files are byte-identical
-    assert {k: v for k, v in fa.items() if not k.startswith(("images/", "data/"))} == \
-        {k: v for k, v in fb.items() if not k.startswith(("images/", "data/"))}
+def test_signed_bytes_are_identical_whatever_the_actors_or_batch_size(signed):
+    """Same spec, same bytes, with C2PA on: the salts are keyed, Ed25519 is deterministic."""
+    fa, fb = files_of(signed["a"]), files_of(signed["b"])
+    pngs = [k for k in fa if k.endswith(".png")]
+    assert len(pngs) == 53 and fa == fb  # every signed PNG, Parquet part, shard index and the manifest
+    assert all(has_manifest((Path(signed["a"]) / k).read_bytes()) for k in pngs)
+    index = json.loads((Path(signed["a"]) / "_shards" / "s000000.json").read_text())
+    assert "canonical" not in index  # nothing to take out: every byte reproduces
+
+
+def test_an_unreproducible_signer_records_canonical_hashes(package, chain, tmp_path):
+    """ES256 through a KMS (its own random nonce) is the case resalting cannot fix: the signed bytes differ
+    from one signing to the next, and the shard index records each file's canonical sha256 (without its
+    manifest store), which is the same in both and what `aigc verify --c2pa` checks."""
+    from pipeline.generate.actor import ShardConfig, ShardWorker
+    from pipeline.generate.plan import ShardPlan
+    from pipeline.package import load_package
+    from pipeline.provenance.options import ProvenanceOptions
+    from pipeline.specs import StorageSpec
+
+    es = make_chain("es256")
+    _KMS["es256"] = es["_obj"]
+    opts = SigningOptions(cert_chain=es["chain"], cert_chain_env=CHAIN_ENV, private_key=None, private_key_env=None,
+                          signer="test_provenance:kms_sign_es256", algorithm="es256", timestamp_url=None)
+    assert not AssetSigner(opts).reproducible
+    indexes, pngs = [], []
+    for run in ("x", "y"):
+        out = tmp_path / run
+        cfg = ShardConfig(model_uri=package, model_sha256=load_package(package).model_sha256, output=str(out),
+                          storage=StorageSpec(), job="prov", job_seed=0, date=DATE, formats=["png", "parquet"],
+                          batch_size=4, threads=1, options=ProvenanceOptions(c2pa=opts))
+        ShardWorker(cfg).run_shard(ShardPlan("s000000", start=0, count=5).row())
+        indexes.append(json.loads((out / "_shards" / "s000000.json").read_text()))
+        pngs.append(sorted(out.glob("images/*/*.png")))
+    x, y = indexes
+    assert sorted(x["canonical"]) == sorted(y["canonical"]) and len(x["canonical"]) == 6  # 5 PNGs and the part
+    assert x["canonical"] == y["canonical"]
+    assert all(x["files"][k]["sha256"] != y["files"][k]["sha256"] for k in x["canonical"])
+    for a in pngs[0]:
+        assert sha256(strip_manifest(a.read_bytes())) == x["canonical"][a.relative_to(tmp_path / "x").as_posix()]
+        assert Validator(es["ca"]).check(a.read_bytes()).state == "Trusted"
 
 
 def test_a_changed_pixel_fails_validation_by_name(signed, tmp_path):
@@ -222,7 +241,7 @@ def test_a_signer_outside_the_trust_anchors_fails(signed, tmp_path):
     assert "signingCredential.untrusted" in report.c2pa_failed[0]
 
 
-def test_resume_with_c2pa_on_gives_the_same_canonical_output(signed, package, prompts_file, chain, monkeypatch):
+def test_resume_with_c2pa_on_gives_the_same_bytes(signed, package, prompts_file, chain, monkeypatch):
     crash = Path(signed["root"]) / "crash"
     shutil.copytree(Path(signed["a"]).parent.parent, crash)  # <root>/prov/<date> of run a
     out = crash / "prov" / DATE
@@ -236,7 +255,7 @@ def test_resume_with_c2pa_on_gives_the_same_canonical_output(signed, package, pr
                        log=said.append)
     assert res.shards_skipped == 2 and "2/3 shards already committed" in said[0]
     assert verify(res.output, c2pa=True, trust_anchors=chain["ca"]).ok
-    assert canonical_files(res.output) == canonical_files(signed["a"])
+    assert files_of(res.output) == files_of(signed["a"])
 
 
 def test_parquet_only_signed_images_are_checked_in_the_table(ray_session, package, chain, tmp_path, monkeypatch):
@@ -247,9 +266,8 @@ def test_parquet_only_signed_images_are_checked_in_the_table(ray_session, packag
     assert not (Path(res.output) / "images").exists()
     report = verify(res.output, c2pa=True, trust_anchors=chain["ca"])
     assert report.ok and report.c2pa_checked == 6, report.lines()
-    index = json.loads((Path(res.output) / "_shards" / "s000000.json").read_text())
-    assert list(index["canonical"]) == ["data/part-s000000.parquet"]  # the part, as written with unsigned PNGs
-    assert index["canonical"]["data/part-s000000.parquet"] != index["files"]["data/part-s000000.parquet"]["sha256"]
+    rows = pq.read_table(Path(res.output) / "data").to_pylist()
+    assert len(rows) == 6 and all(has_manifest(r["image"]["bytes"]) for r in rows)
 
 
 def test_missing_unreadable_or_wrong_key_is_one_line_naming_the_env_var(package, chain, tmp_path, monkeypatch):
@@ -313,6 +331,9 @@ def test_a_kms_signer_hook_signs_without_the_key_in_the_pipeline(chain):
     signed = AssetSigner(opts).sign(png, manifest_for(job="x", date=DATE, item_id="s1", seed=1, model_sha256="ab" * 32,
                                                       system="test"))
     assert Validator(chain["ca"]).check(signed).state == "Trusted" and strip_manifest(signed) == png
+    again = AssetSigner(opts).sign(png, manifest_for(job="x", date=DATE, item_id="s1", seed=1, model_sha256="ab" * 32,
+                                                     system="test"))
+    assert again == signed  # an Ed25519 KMS signs reproducibly too
     bad = validate_job({"name": "x", "generate": {"model": "m", "seeds": {"count": 1}, "provenance": {
         "c2pa": {"cert_chain_env": CHAIN_ENV, "signer": "no_such_module:sign"}}}}).generate.provenance
     with pytest.raises(PipelineError, match="signer: cannot load no_such_module:sign"):

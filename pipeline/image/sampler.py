@@ -13,7 +13,9 @@ recorded in its provenance.
 Provenance, in the order it is written (``generate.provenance``, :mod:`pipeline.provenance`): the
 watermark into the pixels (images of at least 256x256 px), then the PNG with its text chunks and
 XMP packet, then the C2PA signature over all of it. The signed PNG is what lands in storage and in
-the Parquet ``image`` column alike; ``canonical`` gives the bytes as they were before signing.
+the Parquet ``image`` column alike. Signing is reproducible (keyed salts, Ed25519 or deterministic
+ECDSA) unless a KMS's ECDSA or a timestamp authority adds randomness; then ``canonical`` gives the
+bytes as they were before signing.
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ class ImageSampler:
         self.system = f"aigc-pipeline {self.model.arch} generator"
         self.system_version = f"aigc-pipeline {pipeline.__version__}, model sha256:{cfg.model_sha256}"
         self.signer = AssetSigner(self.prov.c2pa) if self.prov.c2pa is not None else None
-        # what no rerun reproduces (a C2PA manifest's salts) taken out, for the shard index (actor.py)
-        self.canonical = self._canonical if self.signer is not None else None
+        # a signature no rerun reproduces (ES256 through a KMS, a timestamp authority): the shard index
+        # records each file as it is without it (actor.py); reproducible signatures need no such record
+        self.canonical = self._canonical if self.signer is not None and not self.signer.reproducible else None
 
     def condition(self, chunk: list[Any]) -> tuple[Any, list[dict | None]]:
         """Condition vectors of a micro-batch, and what each resolved to (provenance).

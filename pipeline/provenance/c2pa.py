@@ -14,21 +14,27 @@ The manifest of an asset holds
 * a label ``urn:c2pa:<uuid>`` and an instance id ``xmp:iid:<uuid>`` derived from the job, the date,
   the item id and the model sha256 (the XMP ``xmpMM:InstanceID`` is the same), and no thumbnail.
 
-**What is not reproducible.** c2pa-rs gives every assertion box a random 16-byte ``c2sh`` salt
-(``DefaultSalt``; c2pa-python 0.38.1 has no setting to fix it). The claim holds a hash of each
-assertion box, salt included, and the signature signs the claim, so per signing these bytes of
-the ``caBX`` chunk differ from run to run: the salts, the claim's assertion hashes and the
-signature (Ed25519 itself is deterministic; ES256 and a timestamp authority add randomness of
-their own). Everything else is the same: :func:`strip_manifest` gives the PNG as it was before
-signing, whose sha256 the shard index records under ``canonical``, and the manifest the reader
-reports (labels, ids, assertions, signer) is the same. (A custom parameter map with more than
-one key would also come out in a random key order, which is why the action carries one.)
+**Reproducible signatures.** c2pa-rs gives every assertion box a random 16-byte ``c2sh`` salt
+(``DefaultSalt``; c2pa-python 0.38.1 has no setting to fix it), which the claim's assertion hashes
+and so the signature cover. :func:`pipeline.provenance.jumbf.resalt` replaces each salt with a keyed
+one, ``HMAC-SHA256(salt key, manifest label, assertion label)[:16]`` (the salt key derives from the
+signing key, so the salts stay as unguessable to a reader as random ones: C2PA's reason for them),
+recomputes those hashes and signs the claim again. With Ed25519 (deterministic by definition), or
+ES256 with a local key (RFC 6979 deterministic ECDSA), and no timestamp authority, the same asset
+then gets the same bytes in every run. Not reproducible, and said so by :attr:`AssetSigner.reproducible`:
+ES256 through a KMS function (its ECDSA nonce is the KMS's) and any signature with a timestamp
+authority (the token holds its own time and nonce). For those, :func:`strip_manifest` gives the PNG
+as it was before signing, whose sha256 the shard index records under ``canonical``. (A custom
+parameter map with more than one key would come out in a random key order, which is why the
+action carries one.)
 
 The library is imported inside the functions that use it, never when this module is imported.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import importlib
 import io
 import struct
@@ -39,6 +45,7 @@ from typing import Any, Callable
 import pipeline
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA
 from pipeline.errors import PipelineError
+from pipeline.provenance.jumbf import resalt
 from pipeline.provenance.xmp import instance_uuid
 
 MIME = "image/png"
@@ -114,11 +121,15 @@ def load_callback(name: str) -> Callable[[bytes], bytes]:
     return fn
 
 
+_SALT_INFO = b"aigc-pipeline c2pa salt key/1"
+
+
 class AssetSigner:
     """Signs PNGs with one key for the life of an actor (the library objects are built once).
 
     ``opts`` is a :class:`pipeline.provenance.options.SigningOptions`; no key material is kept on
-    this object beyond what the library holds.
+    this object beyond what the library and the re-signing function hold. ``reproducible``: whether
+    the same PNG and manifest always give the same signed bytes (see the module docstring).
     """
 
     def __init__(self, opts: Any):
@@ -126,19 +137,56 @@ class AssetSigner:
 
         self.lib, self.opts = lib, opts
         self.context = lib.Context.from_dict({"builder": {"thumbnail": {"enabled": False}}})
+        alg = {"ed25519": lib.C2paSigningAlg.ED25519, "es256": lib.C2paSigningAlg.ES256}[opts.algorithm]
         if opts.signer is not None:
-            alg = {"ed25519": lib.C2paSigningAlg.ED25519, "es256": lib.C2paSigningAlg.ES256}[opts.algorithm]
-            self.signer = lib.Signer.from_callback(load_callback(opts.signer), alg, opts.cert_chain,
-                                                   opts.timestamp_url)
+            kms = load_callback(opts.signer)
+            self.signer = lib.Signer.from_callback(kms, alg, opts.cert_chain, opts.timestamp_url)
+            self.reproducible = opts.timestamp_url is None and opts.algorithm == "ed25519"
+            self._sign = kms
+            salt_key = kms(_SALT_INFO) if self.reproducible else b""  # Ed25519: the same signature every time
         else:
             info = lib.C2paSignerInfo(opts.algorithm.encode(), opts.cert_chain.encode(),
                                       opts.private_key.value.encode(), opts.timestamp_url)
             self.signer = lib.Signer.from_info(info)
+            self.reproducible = opts.timestamp_url is None
+            self._sign, salt_key = _local_signer(opts.private_key.value, opts.algorithm)
+        self._salt_key = hashlib.sha256(_SALT_INFO + b"\0" + salt_key).digest()
 
-    def sign(self, png: bytes, manifest: dict) -> bytes:
+    def _salt(self, manifest_label: str, assertion: str) -> bytes:
+        msg = manifest_label.encode() + b"\0" + assertion.encode()
+        return hmac.new(self._salt_key, msg, hashlib.sha256).digest()[:16]
+
+    def builder_sign(self, png: bytes, manifest: dict) -> bytes:
+        """The library's own signing: random salts (and, for ES256, a random nonce)."""
         out = io.BytesIO()
         self.lib.Builder(manifest, self.context).sign(self.signer, MIME, io.BytesIO(png), out)
         return out.getvalue()
+
+    def sign(self, png: bytes, manifest: dict) -> bytes:
+        """``png`` signed: the same bytes for the same input whenever ``reproducible``."""
+        signed = self.builder_sign(png, manifest)
+        if not self.reproducible:
+            return signed
+        label = manifest["label"]
+        return resalt(signed, lambda assertion: self._salt(label, assertion), self._sign)
+
+
+def _local_signer(pem: str, algorithm: str) -> tuple[Callable[[bytes], bytes], bytes]:
+    """(a deterministic signing function for the claim, the key's private bytes for the salt key)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    key = serialization.load_pem_private_key(pem.encode(), None)
+    raw = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    if algorithm == "ed25519":
+        return key.sign, raw
+
+    def es256(data: bytes) -> bytes:  # RFC 6979: the nonce derives from the key and the message
+        r, s = utils.decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True)))
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    return es256, raw
 
 
 def _probe_png() -> bytes:

@@ -3,8 +3,9 @@
 With ``c2pa=True`` (``aigc verify --c2pa [--trust-anchors PEM]``) it also validates the C2PA manifest
 of every signed asset with the c2pa reader, against the given trust anchors (without them: the
 signatures and hard bindings only), names each asset that fails (a changed pixel breaks the
-binding), and checks each signed file's canonical sha256 (the file without its manifest store,
-recorded in the shard index, see :mod:`pipeline.provenance.c2pa`).
+binding), and, where a run's signer could not be reproducible (a shard index then records each
+signed file's canonical sha256: the file without its manifest store, see
+:mod:`pipeline.provenance.c2pa`), checks that too.
 """
 
 from __future__ import annotations
