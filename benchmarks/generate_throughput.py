@@ -22,6 +22,7 @@ import argparse
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,15 +77,17 @@ def _plain(model_uri: str, out: str, n: int, threads: int, part: int, parts: int
     done.put(time.perf_counter() - t0)
 
 
-def plain_loop(model_uri: str, out: Path, n: int, processes: int = 1, threads: int = 2, batch: int = 256) -> float:
-    """Seconds of ``processes`` plain processes with ``threads`` torch threads each, splitting the shards: the
-    slowest one's, from after its imports (interpreter and torch start-up excluded, as Ray's is)."""
+def plain_loop(model_uri: str, out: Path, n: int, processes: int = 1, threads: int = 2,
+               batch: int = 256) -> tuple[float, float]:
+    """``processes`` plain processes with ``threads`` torch threads each, splitting the shards: (seconds of
+    the slowest from after its imports, seconds from spawning them to the last one's exit)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     done = ctx.Queue()
     procs = [ctx.Process(target=_plain, args=(model_uri, str(out), n, threads, k, processes, batch, done))
              for k in range(processes)]
+    t = time.perf_counter()
     for p in procs:
         p.start()
     seconds = [done.get(timeout=3600) for _ in procs]
@@ -92,24 +95,35 @@ def plain_loop(model_uri: str, out: Path, n: int, processes: int = 1, threads: i
         p.join()
         if p.exitcode:
             raise SystemExit(f"a plain process failed (exit {p.exitcode})")
-    return max(seconds)
+    return max(seconds), time.perf_counter() - t
 
 
-def compare(label: str, model_uri: str, tmp: Path, n: int, ray_start: float) -> None:
-    """(a) for one model: both plain baselines and the pipeline, in this order, in this run."""
-    one_s = plain_loop(model_uri, tmp / f"plain1-{label}", n, processes=1, threads=2)
-    two_s = plain_loop(model_uri, tmp / f"plain2-{label}", n, processes=2, threads=1)
-    t = time.perf_counter()
-    name = "pipe-" + label.replace(" ", "-")
-    res = run_generate(job_spec(str(tmp / name), model_uri, n, name), date="2026-01-01",
-                       progress=False, log=lambda *a: None)
-    assert res.items == n
-    pipe_s = time.perf_counter() - t
-    print(f"(a) {label}, N={n:,}: one process x 2 threads {n / one_s:,.0f} img/s  |  two processes x 1 thread "
-          f"(the ceiling) {n / two_s:,.0f} img/s  |  pipeline {n / pipe_s:,.0f} img/s (incl. publish)")
+def compare(label: str, model_uri: str, tmp: Path, n: int, ray_start: float, rounds: int = 1) -> None:
+    """(a) for one model: both plain baselines and the pipeline, in this order, ``rounds`` times; medians."""
+    one, two, two_spawn, pipe = [], [], [], []
+    for r in range(rounds):
+        one.append(plain_loop(model_uri, tmp / f"plain1-{label}-{r}", n, processes=1, threads=2)[0])
+        steady, spawned = plain_loop(model_uri, tmp / f"plain2-{label}-{r}", n, processes=2, threads=1)
+        two.append(steady)
+        two_spawn.append(spawned)
+        t = time.perf_counter()
+        name = f"pipe-{label.replace(' ', '-')}-{r}"
+        res = run_generate(job_spec(str(tmp / name), model_uri, n, name), date="2026-01-01",
+                           progress=False, log=lambda *a: None)
+        assert res.items == n
+        pipe.append(time.perf_counter() - t)
+        for d in (f"plain1-{label}-{r}", f"plain2-{label}-{r}", name):
+            shutil.rmtree(tmp / d, ignore_errors=True)
+    one_s, two_s, spawn_s, pipe_s = (statistics.median(x) for x in (one, two, two_spawn, pipe))
+    print(f"(a) {label}, N={n:,}, median of {rounds}: one process x 2 threads {n / one_s:,.0f} img/s  |  two "
+          f"processes x 1 thread (the ceiling) {n / two_s:,.0f} img/s from after their imports, {n / spawn_s:,.0f} "
+          f"img/s from spawn  |  pipeline {n / pipe_s:,.0f} img/s (actor start and publish included)")
     print(f"    pipeline / one process: {one_s / pipe_s:.2f}x  |  pipeline / two-process ceiling: "
-          f"{two_s / pipe_s:.2f}x (target >= 0.9x)  |  with Ray start-up ({ray_start:.1f}s): "
-          f"{two_s / (pipe_s + ray_start):.2f}x")
+          f"{two_s / pipe_s:.2f}x after imports, {spawn_s / pipe_s:.2f}x with process start on both sides "
+          f"(target >= 0.9x)  |  with Ray start-up ({ray_start:.1f}s): {spawn_s / (pipe_s + ray_start):.2f}x")
+    print("    rounds (s): one " + " ".join(f"{x:.2f}" for x in one) + " | two " + " ".join(f"{x:.2f}" for x in two) +
+          " | two from spawn " + " ".join(f"{x:.2f}" for x in two_spawn) + " | pipeline " +
+          " ".join(f"{x:.2f}" for x in pipe))
 
 
 def main() -> None:
@@ -119,6 +133,8 @@ def main() -> None:
     ap.add_argument("--skip-rss", action="store_true")
     ap.add_argument("--s3-n", type=int, default=6_000)
     ap.add_argument("--only-s3", action="store_true", help="skip (a) and (c)")
+    ap.add_argument("--skip-s3", action="store_true", help="skip (b)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of (a), interleaved; medians")
     ap.add_argument("--demo-model", help="also compare with this package (e.g. outputs/models/demo/<version>)")
     args = ap.parse_args()
     n = 4_000 if args.quick else args.n
@@ -130,9 +146,10 @@ def main() -> None:
     from pipeline.runtime import ensure_ray
 
     t = time.perf_counter()
-    ensure_ray(num_cpus=2)
+    ensure_ray(num_cpus=2, dashboard=False)  # as `aigc generate` starts an embedded Ray
     ray_start = time.perf_counter() - t
-    print(f"ray start-up: {ray_start:.1f}s (not in the timed runs below)")
+    print(f"ray start-up: {ray_start:.1f}s without the dashboard, as `aigc generate` starts it (not in the timed runs "
+          "below)")
 
     # warm-up: actors, imports, page cache
     run_generate(job_spec(str(tmp / "warm"), model_uri, 2000, "warm"), date="2026-01-01", progress=False,
@@ -144,13 +161,23 @@ def main() -> None:
         res = run_generate(job_spec(str(tmp / "pipe"), model_uri, n, "pipe"), date="2026-01-01", progress=False,
                            log=lambda *a: None)
     else:
-        compare("classic DCGAN", model_uri, tmp, n, ray_start)
+        compare("classic DCGAN", model_uri, tmp, n, ray_start, args.rounds)
         if args.demo_model:
-            compare("demo generator", args.demo_model, tmp, n, ray_start)
-        res = run_generate(job_spec(str(tmp / "pipe-classic-DCGAN"), model_uri, n, "pipe-classic-DCGAN"),
-                           date="2026-01-01", progress=False, log=lambda *a: None)
+            compare("demo generator", args.demo_model, tmp, n, ray_start, args.rounds)
+        if not args.skip_s3:  # the PNGs the S3 comparison puts
+            res = run_generate(job_spec(str(tmp / "pipe-classic-DCGAN"), model_uri, n, "pipe-classic-DCGAN"),
+                               date="2026-01-01", progress=False, log=lambda *a: None)
 
     # (b) S3: pipeline vs serial PUT loop, same PNG bytes
+    if not args.skip_s3:
+        s3_compare(model_uri, res, n, args.s3_n)
+    # (c) peak RSS, N vs 10 N
+    if not (args.skip_rss or args.only_s3):
+        rss_compare(model_uri, tmp, n)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def s3_compare(model_uri: str, res, n: int, s3_n: int) -> None:
     port = free_port()
     moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -167,7 +194,7 @@ def main() -> None:
 
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
-        m = min(args.s3_n, n)
+        m = min(s3_n, n)
         pngs = [p.read_bytes() for p in sorted((Path(res.output) / "images").rglob("*.png"))[:m]]
         assert len(pngs) == m
         t = time.perf_counter()
@@ -193,21 +220,20 @@ def main() -> None:
         moto.terminate()
         moto.wait(10)
 
-    # (c) peak RSS, N vs 10 N
-    if not (args.skip_rss or args.only_s3):
-        peaks = []
-        for k in (n, 10 * n):
-            with RssSampler() as rs:
-                t = time.perf_counter()
-                run_generate(job_spec(str(tmp / f"rss{k}"), model_uri, k, f"rss{k}"), date="2026-01-01",
-                             progress=False, log=lambda *a: None)
-                dt = time.perf_counter() - t
-            peaks.append(rs.peak)
-            print(f"    N={k:,}: {k / dt:,.0f} img/s, peak RSS {rs.peak / 2**20:,.0f} MiB")
-            shutil.rmtree(tmp / f"rss{k}", ignore_errors=True)
-        print(f"(c) peak RSS N={n:,}: {peaks[0] / 2**20:,.0f} MiB  |  N={10 * n:,}: {peaks[1] / 2**20:,.0f} MiB  |  "
-              f"ratio {peaks[1] / peaks[0]:.2f}x  (target <= 1.10x)")
-    shutil.rmtree(tmp, ignore_errors=True)
+
+def rss_compare(model_uri: str, tmp: Path, n: int) -> None:
+    peaks = []
+    for k in (n, 10 * n):
+        with RssSampler() as rs:
+            t = time.perf_counter()
+            run_generate(job_spec(str(tmp / f"rss{k}"), model_uri, k, f"rss{k}"), date="2026-01-01",
+                         progress=False, log=lambda *a: None)
+            dt = time.perf_counter() - t
+        peaks.append(rs.peak)
+        print(f"    N={k:,}: {k / dt:,.0f} img/s, peak RSS {rs.peak / 2**20:,.0f} MiB")
+        shutil.rmtree(tmp / f"rss{k}", ignore_errors=True)
+    print(f"(c) peak RSS N={n:,}: {peaks[0] / 2**20:,.0f} MiB  |  N={10 * n:,}: {peaks[1] / 2**20:,.0f} MiB  |  "
+          f"ratio {peaks[1] / peaks[0]:.2f}x  (target <= 1.10x)")
 
 
 if __name__ == "__main__":

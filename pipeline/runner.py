@@ -141,7 +141,7 @@ def _add(summary: RunSummary, record: RunRecord, outcome: StageOutcome) -> None:
 def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *, date: str,
                 run_id: str | None, address: str | None, verify: bool, on_train_progress: Callable | None,
                 log: Callable[[str], None]) -> None:
-    ensure_ray(address)
+    ensure_ray(address, dashboard=job.train is not None)  # Ray Train's controller wants the dashboard
 
     if job.train is not None:
         stage[0] = "train"

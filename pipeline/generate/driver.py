@@ -283,7 +283,7 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
 
     gen = job.generate
     assert gen is not None
-    ensure_ray(address)
+    ensure_ray(address, dashboard=False)  # an embedded Ray for generation alone needs no dashboard
     scaling = gen.scaling
     # workers resolve nothing against the driver's working directory: local paths go out absolute
     cfg = ShardConfig(model_uri=absolute_uri(model_uri), model_sha256=model_sha256, output=absolute_uri(output),

@@ -59,7 +59,7 @@ def real_data(data: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
         images, labels = digits_arrays(model.image_size, model.channels, data.limit)
         source = "digits"
     else:
-        ensure_ray(address)
+        ensure_ray(address, dashboard=False)
         loaded = load_data(data, model, storage)
         x, y = read_all(loaded.dataset)
         images, labels, source = x.numpy(), y.numpy(), data.uri or data.source
