@@ -130,12 +130,17 @@ def test_generate_local_end_to_end(ray_session, package, prompts_file, tmp_path)
     assert files_of(str(out)) == files_of(str(out))
 
 
-def test_bytes_do_not_depend_on_actors_or_batch_size(ray_session, package, prompts_file, tmp_path):
+def test_bytes_do_not_depend_on_actors_batch_size_or_cpus(ray_session, package, prompts_file, tmp_path):
     a = run_generate(job(tmp_path / "a", package, prompts=prompts_file, actors=1, batch=16), date=DATE, progress=False)
     b = run_generate(job(tmp_path / "b", package, prompts=prompts_file, actors=2, batch=64), date=DATE, progress=False)
     fa, fb = files_of(a.output), files_of(b.output)
     assert len(fa) > 300
     assert fa == fb  # every PNG, Parquet part and rejected.jsonl byte-identical
+    # one actor holding both CPUs computes as the half-CPU actors do (one torch thread each)
+    two_cpus = job(tmp_path / "c", package, prompts=prompts_file, actors=1, batch=64)
+    two_cpus.generate.scaling.num_cpus = 2
+    c = run_generate(two_cpus, date=DATE, progress=False)
+    assert files_of(c.output) == fa
 
 
 def test_parquet_only_and_different_job_refused(ray_session, package, tmp_path):

@@ -289,7 +289,10 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
     cfg = ShardConfig(model_uri=absolute_uri(model_uri), model_sha256=model_sha256, output=absolute_uri(output),
                       storage=job.storage,
                       job=job.name, job_seed=gen.seed, date=date, formats=formats, options=options,
-                      batch_size=scaling.batch_size, threads=max(1, round(scaling.num_cpus)),
+                      batch_size=scaling.batch_size,
+                      # one intra-op thread per actor, whatever num_cpus: float reductions split differently
+                      # across thread counts, so another count would change rare bytes (docs/architecture.md)
+                      threads=1,
                       device="cuda" if scaling.num_gpus > 0 else "cpu",
                       # workers of a Ray started before the credentials were set would not see them
                       env=worker_env(job))

@@ -213,7 +213,9 @@ class GenerateScaling(Strict):
     num_actors: int = Field(2, ge=1, le=4096, description="Generator actors (each loads the model once).")
     num_gpus: float = Field(0.0, ge=0, le=1024, description="GPUs per actor.")
     num_cpus: float = Field(0.5, gt=0, le=1024, description="CPUs reserved per actor (fractional leaves room for Ray "
-                                                            "Data's own tasks).")
+                                                            "Data's own tasks). Each actor computes with one torch "
+                                                            "thread whatever this says, so the bytes never depend on "
+                                                            "it: scale with num_actors.")
     batch_size: int = Field(256, ge=1, le=65536, description="Items per forward pass.")
 
 
