@@ -12,6 +12,7 @@ Inside a generated output::
 
     _job.json                          what fixes its bytes (spec fingerprint, model sha256, date)
     images/<shard>/<item id>.<ext>     one file per item (PNG, ...)
+    images/<shard>.tar                 one WebDataset tar per shard (<item id>.png, <item id>.json, ...)
     data/part-<shard>.parquet          one table per shard
     _shards/<shard>.json               a shard's commit: its files' sizes and sha256
     rejected.jsonl                     prompts the filter or the parser refused
@@ -63,6 +64,11 @@ def run_record_uri(root: str, job: str, run_id: str) -> str:
 def asset_path(shard: str, item_id: str, ext: str) -> str:
     """Where an item's own file goes: ``images/<shard>/<item id>.<ext>``."""
     return f"{IMAGES_DIR}/{shard}/{item_id}.{ext}"
+
+
+def tar_path(shard: str) -> str:
+    """Where a shard's WebDataset tar goes: ``images/<shard>.tar`` (docs/webdataset.md)."""
+    return f"{IMAGES_DIR}/{shard}.tar"
 
 
 def part_path(shard: str) -> str:

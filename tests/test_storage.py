@@ -550,3 +550,26 @@ def test_verify_does_not_follow_hostile_manifest_paths(tmp_path):
     store.write_json(MANIFEST, manifest)
     report = verify(spec.root, spec)
     assert not report.ok and report.missing == ["../secret.txt"]
+
+
+def test_a_crashed_local_write_leaves_a_name_the_plan_knows_as_its_own(tmp_path, monkeypatch):
+    """Store.write's temporary file (left when a writer dies before its rename) is one that publishing may
+    clean up: plan.ours() recognises the very name Store.write uses."""
+    import os as _os
+
+    from pipeline.generate.plan import ShardPlan, ours
+    from pipeline.storage import Store
+
+    seen = []
+
+    def crash(src, dst):
+        seen.append(src)
+        raise KeyboardInterrupt  # the writer dies between writing and renaming
+
+    store = Store(str(tmp_path))
+    monkeypatch.setattr(_os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        store.write("images/s000000/s000000000001.png", b"x")
+    rel = _os.path.relpath(seen[0], tmp_path)
+    assert ".tmp-" in rel and ours(rel, {"s000000": ShardPlan("s000000", start=0, count=10)},
+                                   {"s000000": {"s000000000001"}})

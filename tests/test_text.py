@@ -239,6 +239,7 @@ def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
     ({"generate": {"seeds": {"count": 3}}}, "generate.seeds: the bytegpt architecture does not generate from latent "
                                             "seeds"),
     ({"generate": {"formats": ["png", "parquet"]}}, "generate.formats: the bytegpt architecture writes parquet only"),
+    ({"generate": {"formats": ["webdataset"]}}, "generate.formats: the bytegpt architecture writes parquet only"),
     ({"evaluate": {"gate": {"max_fld": 3}}}, "evaluate.gate.max_fld: does not apply to the bytegpt architecture"),
     ({"train": {"data": {"heldout": 0}}}, "train.data.heldout: must be greater than 0"),
     ({"generate": {"text": {"top_k": 0}}}, "generate.text.top_k: must be greater than or equal to 1"),

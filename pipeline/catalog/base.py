@@ -35,6 +35,7 @@ from pipeline.checks import Strict
 GATE_KEYS = ("max_fld", "max_fld_ratio", "min_score", "max_memorization", "min_prompt_accuracy", "max_perplexity",
              "max_bits_per_dim")
 TRAIN_OPTIONS = ("ema", "augment", "r1", "lm")  # optional train settings only some families read
+IMAGE_FORMATS = ("png", "parquet", "webdataset")  # what an image family writes (docs/webdataset.md)
 
 
 class ModelConfig(Strict):

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.catalog.base import Family, ModelConfig, prompts_need_a_condition
+from pipeline.catalog.base import IMAGE_FORMATS, Family, ModelConfig, prompts_need_a_condition
 from pipeline.models.text_encoder_config import TextEncoderConfig
 
 
@@ -79,5 +79,5 @@ IMAGE_GATE = ("max_fld", "max_fld_ratio", "min_score", "max_memorization", "min_
 FAMILY = Family(
     arch="dcgan", config=DCGANConfig, implementation_path="pipeline.families.dcgan.family:DCGAN",
     summary="DCGAN: convolutional G and projection D, conditioned on a class or a prompt",
-    gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"), generate_options=("provenance",),
-    check_job=prompts_need_a_condition)
+    formats=IMAGE_FORMATS, gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"),
+    generate_options=("provenance",), check_job=prompts_need_a_condition)

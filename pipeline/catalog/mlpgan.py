@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.catalog.base import Family, ModelConfig
+from pipeline.catalog.base import IMAGE_FORMATS, Family, ModelConfig
 
 
 class MLPGANConfig(ModelConfig):
@@ -34,5 +34,6 @@ def check_job(job) -> None:
 FAMILY = Family(
     arch="mlp-gan", config=MLPGANConfig, implementation_path="pipeline.families.mlpgan.family:MLPGAN",
     summary="the seed article's MLP GAN (100-256-512-1024-784), unconditional, 28 x 28",
-    gate_keys=("max_fld", "max_fld_ratio", "min_score", "max_memorization"), generate_options=("provenance",),
+    formats=IMAGE_FORMATS, gate_keys=("max_fld", "max_fld_ratio", "min_score", "max_memorization"),
+    generate_options=("provenance",),
     check_job=check_job)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.catalog.base import Family, ModelConfig, prompts_need_a_condition
+from pipeline.catalog.base import IMAGE_FORMATS, Family, ModelConfig, prompts_need_a_condition
 
 
 class VAEConfig(ModelConfig):
@@ -43,5 +43,5 @@ class VAEConfig(ModelConfig):
 FAMILY = Family(
     arch="vae", config=VAEConfig, implementation_path="pipeline.families.vae.family:VAE",
     summary="conditional convolutional VAE with a discretized logistic decoder (ELBO in bits/dim)",
-    gate_keys=("max_fld", "max_fld_ratio", "min_score", "max_memorization", "max_bits_per_dim"),
+    formats=IMAGE_FORMATS, gate_keys=("max_fld", "max_fld_ratio", "min_score", "max_memorization", "max_bits_per_dim"),
     generate_options=("provenance",), check_job=prompts_need_a_condition)

@@ -18,7 +18,9 @@ actor knows no family: the package's family gives it a **sampler**, an object wi
   them (docs/provenance.md, "Determinism").
 
 Every shard's Parquet part carries key-value metadata that marks it AI-generated
-(:func:`pipeline.encode.ai_metadata`), whatever the family.
+(:func:`pipeline.encode.ai_metadata`), whatever the family. With ``webdataset`` among the formats,
+each item's own files and its row (as JSON) also go into the shard's tar (:mod:`pipeline.webdataset`,
+docs/webdataset.md), whose members' sizes and sha256 the shard index records under ``members``.
 
 Items run in fixed micro-batches of ``generate.scaling.batch_size`` in item order, and each item
 draws from its own seeded generator, so the bytes of an item never depend on actor count,
@@ -37,10 +39,11 @@ from pipeline.catalog.registry import implementation
 from pipeline.encode import ai_metadata, logical_time, parquet_bytes
 from pipeline.errors import PackageError
 from pipeline.generate.plan import shard_items
-from pipeline.layout import asset_path, part_path
+from pipeline.layout import asset_path, part_path, tar_path
 from pipeline.package import load_package
 from pipeline.specs.schema import StorageSpec
 from pipeline.storage import Store, WorkerEnv, commit_shard, sha256
+from pipeline.webdataset import member_records, sample_members, tar_bytes
 
 
 @dataclass
@@ -99,6 +102,8 @@ class ShardWorker:
         items = shard_items(row, cfg.job_seed, sampler.seed_classes)
         files: dict[str, bytes] = {}
         rows: list[dict] = []
+        owns: list[tuple[str, dict[str, bytes]]] = []  # (item id, its own files), for the tar
+        tar = "webdataset" in cfg.formats
         step = getattr(sampler, "micro_batch", None) or cfg.batch_size  # a family may fix its micro-batch in the spec
         for lo in range(0, len(items), step):
             chunk = items[lo: lo + step]
@@ -107,6 +112,8 @@ class ShardWorker:
                 for ext, data in own.items():
                     if ext in cfg.formats:
                         files[asset_path(shard, item.item_id, ext)] = data
+                if tar:
+                    owns.append((item.item_id, own))
                 rows.append(table_row)
         # every family's table says it is AI-generated, in its Parquet key-value metadata
         marks = ai_metadata(job=cfg.job, date=cfg.date, model_sha256=cfg.model_sha256, job_seed=cfg.job_seed,
@@ -115,27 +122,47 @@ class ShardWorker:
         if "parquet" in cfg.formats:
             files[part_path(shard)] = self.table(rows, marks)
         meta: dict[str, Any] = {"items": len(items)}
+        if tar:
+            members = self.members(owns, rows)
+            files[tar_path(shard)] = tar_bytes(members, self.mtime)
+            meta["members"] = {tar_path(shard): member_records(members)}
         counts = getattr(sampler, "counts", None)
         if counts is not None:
             meta["counts"] = counts(rows)
         if getattr(sampler, "canonical", None) is not None:
-            meta["canonical"] = self.canonical(shard, files, rows, marks)
+            meta["canonical"] = self.canonical(shard, files, rows, marks, owns)
         rec = commit_shard(self.store, shard, files, meta)
         return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"]}
+
+    @property
+    def mtime(self) -> int:
+        """Every tar member's mtime: the run's logical time, so the tar's bytes depend only on the spec."""
+        return int(self.cfg.created_at.timestamp())
+
+    @staticmethod
+    def members(owns: list[tuple[str, dict[str, bytes]]], rows: list[dict]) -> list[tuple[str, bytes]]:
+        """The shard tar's members in item order: each item's own files by extension, then its JSON."""
+        return [m for (key, own), row in zip(owns, rows) for m in sample_members(key, own, row)]
 
     def table(self, rows: list[dict], marks: dict[str, str]) -> bytes:
         schema = self.sampler.schema
         return parquet_bytes({n: [r[n] for r in rows] for n in schema.names}, schema, marks)
 
-    def canonical(self, shard: str, files: dict[str, bytes], rows: list[dict], marks: dict[str, str]) -> dict:
+    def canonical(self, shard: str, files: dict[str, bytes], rows: list[dict], marks: dict[str, str],
+                  owns: list[tuple[str, dict[str, bytes]]]) -> dict:
         """sha256 of each file whose bytes no rerun reproduces (a signed asset), as it is without what
-        differs: the sampler's ``canonical(ext, data)``, and its ``canonical_row`` for the Parquet part."""
+        differs: the sampler's ``canonical(ext, data)``, and its ``canonical_row`` for the Parquet part
+        (the tar: both, for its members)."""
         sampler, out = self.sampler, {}
-        part = part_path(shard)
+        part, tar = part_path(shard), tar_path(shard)
+        fix = getattr(sampler, "canonical_row", None)
         for rel, data in files.items():
             if rel == part:
-                fix = getattr(sampler, "canonical_row", None)
                 same = self.table([fix(r) for r in rows], marks) if fix is not None else data
+            elif rel == tar:
+                same = tar_bytes(self.members([(k, {e: sampler.canonical(e, d) for e, d in own.items()})
+                                               for k, own in owns],
+                                              [fix(r) for r in rows] if fix is not None else rows), self.mtime)
             else:
                 same = sampler.canonical(rel.rsplit(".", 1)[-1], data)
             if same != data:

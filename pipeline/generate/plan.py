@@ -121,19 +121,20 @@ def shard_items(row: dict[str, Any], job_seed: int, num_classes: int | None) -> 
                  label=(i % num_classes) if num_classes else None) for i in range(start, start + count)]
 
 
-_TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{12}\Z")  # Store.write's temporary name while a file is written
+_TMP_SUFFIX = re.compile(r"\.tmp-[0-9a-f]{8,40}\Z")  # Store.write's temporary name while a file is written
 
 
 _ASSET_NAME = re.compile(r"images/([sp]\d{6})/([^/]+)\.[a-z0-9]+\Z")
 
 
+_TAR_NAME = re.compile(r"images/([sp]\d{6})\.tar\Z")
 _PART_NAME = re.compile(r"data/part-([sp]\d{6})\.parquet\Z")
 
 
 def ours(rel: str, shards: dict[str, ShardPlan], ids: dict[str, set[str]]) -> bool:
     """Whether this run's plan could have written ``rel`` (itself, or its temporary file while writing)."""
     rel = _TMP_SUFFIX.sub("", rel)
-    m = _PART_NAME.fullmatch(rel)
+    m = _PART_NAME.fullmatch(rel) or _TAR_NAME.fullmatch(rel)
     if m:
         return m.group(1) in shards
     m = _ASSET_NAME.fullmatch(rel)

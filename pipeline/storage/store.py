@@ -313,7 +313,7 @@ class Store:
                     os.makedirs(parent, exist_ok=True)
                 # a name no other writer uses (the pid, a token and a counter; O_EXCL proves it), written whole,
                 # then renamed over the target (no uuid4 and no exists() per file: benchmarks/README.md)
-                tmp = f"{path}.tmp-{os.getpid():x}{_TMP_TOKEN}{next(_TMP_COUNTER)}"
+                tmp = f"{path}.tmp-{os.getpid():x}{_TMP_TOKEN}{next(_TMP_COUNTER):x}"  # hex: plan.ours()
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
                 try:
                     try:

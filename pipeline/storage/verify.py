@@ -1,5 +1,9 @@
 """``aigc verify``: recompute every checksum a manifest lists; name each missing, extra or corrupt file.
 
+A WebDataset tar whose sha256 differs is opened, and each corrupt, missing or extra member named as
+``<tar>#<member>`` against the sizes and sha256 its shard index records (bytes that are no tar: one
+line saying so).
+
 With ``c2pa=True`` (``aigc verify --c2pa [--trust-anchors PEM]``) it also validates the C2PA manifest
 of every signed asset with the c2pa reader, against the given trust anchors (without them: the
 signatures and hard bindings only), names each asset that fails (a changed pixel breaks the
@@ -18,9 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError, StorageError
+from pipeline.layout import asset_path
 from pipeline.specs.schema import StorageSpec
 from pipeline.storage.commit import MANIFEST, MANIFEST_FORMAT, SUCCESS, sha256
 from pipeline.storage.store import LOCK, Store
+from pipeline.webdataset import read_tar
 
 _CONTROL = (MANIFEST, SUCCESS, LOCK)  # files that describe a commit rather than being part of it
 
@@ -32,10 +38,10 @@ class VerifyReport:
     files_checked: int = 0
     bytes_checked: int = 0
     missing: list[str] = field(default_factory=list)
-    extra: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)  # files, and "<tar>#<member>" that no shard index lists
     corrupt: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    c2pa_checked: int = 0  # signed assets validated (files, and Parquet images that are no file's copy)
+    c2pa_checked: int = 0  # signed assets validated (files, Parquet images and tar members that are no file's copy)
     c2pa_failed: list[str] = field(default_factory=list)  # "<file or part#item>: <state> (<codes>)"
     c2pa_trust: str = ""  # "trust anchors" or "signatures only" (no --trust-anchors given)
 
@@ -48,31 +54,53 @@ class VerifyReport:
         return out
 
 
-def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, present: dict[str, dict],
-                 inspect=None) -> None:
-    """``inspect(rel, data)``, when given, sees every file that could be read (in the pool's threads)."""
+def _check_members(rel: str, data: bytes, want: dict[str, dict]) -> list[tuple[str, str]]:
+    """A tar whose sha256 differs from its index: (finding, "<tar>#<member>" or a problem line) for each
+    corrupt, missing or extra member, and for bytes that are no readable tar."""
+    found, why = read_tar(data)
+    out: list[tuple[str, str]] = []
+    if why is not None:
+        out.append(("problem", f"{rel}: {why}"))
+    seen: set[str] = set()
+    for name, body in found:
+        rec = want.get(name)
+        if rec is None or name in seen:
+            out.append(("extra", f"{rel}#{name}"))
+        elif len(body) != rec["size"] or sha256(body) != rec["sha256"]:
+            out.append(("corrupt", f"{rel}#{name}"))
+        seen.add(name)
+    if found or why is None:  # bytes that are no tar at all: one problem line, not a line per member
+        out += [("missing", f"{rel}#{name}") for name in sorted(set(want) - seen)]
+    return out
 
-    def check(item: tuple[str, dict]) -> tuple[str, str | None]:
+
+def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, present: dict[str, dict],
+                 inspect=None, members: dict[str, dict] | None = None) -> None:
+    """``inspect(rel, data)``, when given, sees every file that could be read (in the pool's threads);
+    ``members``: a tar's members by name (size, sha256), each named when its tar's sha256 differs."""
+    members = members or {}
+
+    def check(item: tuple[str, dict]) -> tuple[str, str | None, list[tuple[str, str]]]:
         rel, rec = item
         entry = present.get(rel)
         if entry is None:
-            return rel, "missing"
+            return rel, "missing", []
         if not entry["regular"]:  # a symlink (out of the root, to /dev/zero), a FIFO: never read through it
-            return rel, "not a regular file"
-        if entry["size"] != rec["size"] and (inspect is None or entry["size"] > 1 << 30):
-            return rel, "corrupt"  # without inspect, a wrong size is enough; with it, inspect still sees the file
+            return rel, "not a regular file", []
+        if entry["size"] != rec["size"] and ((inspect is None and rel not in members) or entry["size"] > 1 << 30):
+            return rel, "corrupt", []  # a wrong size is enough, unless inspect or the members must see the file
         try:
             data = store.read(rel)
         except StorageError:
-            return rel, "missing"
+            return rel, "missing", []
         if inspect is not None:
             inspect(rel, data)
         if len(data) != rec["size"] or sha256(data) != rec["sha256"]:
-            return rel, "corrupt"
-        return rel, None
+            return rel, "corrupt", _check_members(rel, data, members[rel]) if rel in members else []
+        return rel, None, []
 
     with ThreadPoolExecutor(8 if not store.local else 4) as pool:
-        for rel, status in pool.map(check, sorted(expected.items())):
+        for rel, status, inside in pool.map(check, sorted(expected.items())):
             report.files_checked += 1
             if status == "missing":
                 report.missing.append(rel)
@@ -82,6 +110,9 @@ def _check_files(store: Store, expected: dict[str, dict], report: VerifyReport, 
                 report.problems.append(f"{rel}: {status} (a symlink, FIFO or device); an output holds plain files")
             else:
                 report.bytes_checked += expected[rel]["size"]
+            for kind, what in inside:
+                {"problem": report.problems, "extra": report.extra, "corrupt": report.corrupt,
+                 "missing": report.missing}[kind].append(what)
 
 
 def _read_index(store: Store, rel: str, entry: dict) -> bytes:
@@ -124,7 +155,8 @@ def verify(uri: str, spec: StorageSpec | None = None, *, c2pa: bool = False,
     unchecked: set[str] = set()  # files of a corrupt shard index: not checkable, but not "extra" either
     items = 0
     canonical: dict[str, str] = {}
-    signed = _SignedAssets(trust_anchors, canonical) if c2pa else None
+    members: dict[str, dict] = {}  # a WebDataset tar → its members' sizes and sha256
+    signed = _SignedAssets(trust_anchors, canonical, expected, present) if c2pa else None
     try:  # a hand-edited or truncated manifest is a finding, not a traceback
         expected.update(manifest.get("files", {}))
         shards = manifest.get("shards", {})
@@ -146,7 +178,8 @@ def verify(uri: str, spec: StorageSpec | None = None, *, c2pa: bool = False,
             items += int(index.get("items") or 0)
             expected.update(index["files"])
             canonical.update(index.get("canonical") or {})
-        _check_files(store, expected, report, present, inspect=signed.inspect if signed else None)
+            members.update(index.get("members") or {})
+        _check_files(store, expected, report, present, inspect=signed.inspect if signed else None, members=members)
         if signed is not None:
             signed.finish(store, expected, present, report)
         _check_counts(manifest, shards, items, expected, report)
@@ -154,7 +187,7 @@ def verify(uri: str, spec: StorageSpec | None = None, *, c2pa: bool = False,
         report.ok = False
         report.problems.append(f"manifest.json: malformed ({type(exc).__name__}: {str(exc)[:100]})")
         return report
-    report.extra = sorted(set(present) - set(expected) - index_files - unchecked - set(_CONTROL))
+    report.extra = sorted(set(present) - set(expected) - index_files - unchecked - set(_CONTROL)) + report.extra
     report.ok = not (report.missing or report.corrupt or report.extra or report.problems or report.c2pa_failed)
     return report
 
@@ -181,10 +214,11 @@ def _check_counts(manifest: dict, shards: dict, items: int, expected: dict, repo
 
 
 class _SignedAssets:
-    """``aigc verify --c2pa``: the c2pa reader's verdict on every PNG file and every Parquet image that is
-    not a copy of one of them; the canonical sha256 of each signed file against its shard index."""
+    """``aigc verify --c2pa``: the c2pa reader's verdict on every PNG file, and every Parquet image and tar
+    member that is not a copy of one of them; the canonical sha256 of each signed file against its shard index."""
 
-    def __init__(self, trust_anchors: str | None, canonical: dict[str, str]):
+    def __init__(self, trust_anchors: str | None, canonical: dict[str, str], expected: dict[str, dict],
+                 present: dict[str, dict]):
         try:
             from pipeline.provenance.c2pa import Validator
 
@@ -196,6 +230,7 @@ class _SignedAssets:
             raise PipelineError(f"--trust-anchors: not a PEM certificate bundle the c2pa reader accepts "
                                 f"({' '.join(str(exc).split())[:160]})") from None
         self.anchors, self.canonical = trust_anchors, canonical
+        self.expected, self.present = expected, present  # filled by verify() before any file is inspected
         self.local = threading.local()
         self.lock = threading.Lock()
         self.failed: dict[str, str] = {}
@@ -230,6 +265,9 @@ class _SignedAssets:
             with self.lock:
                 self.parts.append(rel)
             return
+        if rel.endswith(".tar"):
+            self._tar(rel, data)
+            return
         if not rel.endswith(".png"):
             return
         from pipeline.provenance.c2pa import strip_manifest
@@ -240,6 +278,18 @@ class _SignedAssets:
             with self.lock:
                 self.failed.setdefault(rel, "canonical sha256 differs from its shard index (the file changed "
                                             "besides its signature)")
+
+    def _tar(self, rel: str, data: bytes) -> None:
+        """A WebDataset tar's PNG members: each one that is the very file the shard also wrote (same sha256)
+        is judged as that file; any other here, as ``<tar>#<member>``."""
+        shard = rel.rsplit("/", 1)[-1][: -len(".tar")]
+        for name, body in read_tar(data)[0]:
+            if not name.endswith(".png"):
+                continue
+            twin = asset_path(shard, name[: -len(".png")], "png")
+            if twin in self.present and sha256(body) == (self.expected.get(twin) or {}).get("sha256"):
+                continue
+            self._judge(f"{rel}#{name}", body)
 
     def finish(self, store: Store, expected: dict[str, dict], present: dict[str, dict], report: VerifyReport) -> None:
         """The Parquet images: each one that is the very file the manifest lists beside it (same sha256, file

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.catalog.base import Family, ModelConfig
+from pipeline.catalog.base import IMAGE_FORMATS, Family, ModelConfig
 
 
 class TinyGANConfig(ModelConfig):
@@ -25,5 +25,6 @@ class TinyGANConfig(ModelConfig):
 
 
 FAMILY = Family(arch="tiny-gan", config=TinyGANConfig, implementation_path="aigc_family_example.family:TinyGAN",
-                summary="example plugin: a tiny MLP GAN", gate_keys=("max_fld", "max_fld_ratio", "max_memorization"),
+                summary="example plugin: a tiny MLP GAN", formats=IMAGE_FORMATS,
+                gate_keys=("max_fld", "max_fld_ratio", "max_memorization"),
                 generate_options=("provenance",))  # an ImageFamily: it writes what generate.provenance asks
