@@ -14,7 +14,7 @@ from typing import Annotated, Callable, Optional
 import typer
 import yaml
 
-from pipeline import specs
+from pipeline import specs, terminal
 from pipeline.errors import USER_ERRORS, exit_code_for
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,12 +37,14 @@ def handles_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        terminal.last_log = None
         try:
             return fn(*args, **kwargs)
         except specs.SpecError as exc:
             _fail(exc.problems, 2)
         except USER_ERRORS as exc:
-            _fail([f"error: {exc}"], exit_code_for(exc))
+            where = f" (Ray's log: {terminal.last_log})" if terminal.last_log else ""
+            _fail([f"error: {exc}{where}"], exit_code_for(exc))
 
     return wrapper
 
@@ -105,6 +107,8 @@ def verify(
 
 DateOpt = Annotated[Optional[str], typer.Option(help="Logical run date YYYY-MM-DD for {date} (default: today).")]
 RunIdOpt = Annotated[Optional[str], typer.Option("--run-id", help="Run id for {run_id} (default: the date).")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Show Ray's own log lines and its workers' output "
+                                                           "on the terminal instead of only in the log file.")]
 AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster to join (default: $RAY_ADDRESS, else an embedded "
                                                         "local Ray).")]
 
@@ -112,17 +116,25 @@ AddressOpt = Annotated[Optional[str], typer.Option(help="Ray cluster to join (de
 @app.command()
 @handles_errors
 def generate(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: RunIdOpt = None,
-             address: AddressOpt = None) -> None:
+             address: AddressOpt = None, verbose: VerboseOpt = False) -> None:
     """Generate PNG + Parquet assets for a job's seeds and prompts; resumes committed shards."""
     from pipeline.generate import run_generate
 
     spec = load(job, set_)
-    res = run_generate(spec, date=date, run_id=run_id, address=address)
+    ident = specs.check_run_id(run_id) if run_id else (specs.check_date(date) if date else None)
+    with terminal.ray_to_log(terminal.log_path(spec.storage.root, spec.name, "generate", ident), verbose):
+        res = run_generate(spec, date=date, run_id=run_id, address=address)
     if not res.skipped:
         typer.echo(f"generate: {res.items:,} items ({res.shards} shards, {res.shards_skipped} resumed, "
                    f"{res.rejected} prompts rejected), {res.bytes:,} bytes in {res.seconds:.1f}s "
                    f"({res.items_per_s:,.0f} items/s)")
     typer.echo(f"output: {res.output}")
+    _log_line()
+
+
+def _log_line() -> None:
+    if terminal.last_log:
+        terminal.say(f"log: {terminal.last_log}")
 
 
 @app.command()
@@ -130,15 +142,22 @@ def generate(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: Run
 def run(job: JobArg, set_: SetOpt = None, date: DateOpt = None, run_id: RunIdOpt = None,
         address: AddressOpt = None,
         verify: Annotated[bool, typer.Option("--verify",
-                                             help="Recheck every output checksum at the end.")] = False) -> None:
-    """Run every stage of a job in order (train → generate); stages already done for this spec are skipped."""
+                                             help="Recheck every output checksum at the end.")] = False,
+        verbose: VerboseOpt = False) -> None:
+    """Run every stage of a job in order (train → generate); stages already done for this spec are skipped.
+
+    Ray's own output goes to <storage.root>/runs/<job>/<run id or date>.log, beside the run record
+    (docs/architecture.md, "Ray on a small machine"), unless --verbose.
+    """
     from pipeline.runner import run_job
 
     spec = load(job, set_)
-    summary = run_job(spec, date=date, run_id=run_id, address=address, verify=verify,
-                      on_train_progress=lambda event: typer.echo(event.line(), err=True))
+    ident = specs.check_run_id(run_id) if run_id else (specs.check_date(date) if date else specs.today())
+    with terminal.ray_to_log(terminal.log_path(spec.storage.root, spec.name, "run", ident), verbose):
+        summary = run_job(spec, date=date, run_id=run_id, address=address, verify=verify)
     for line in summary.lines():
         typer.echo(line)
+    _log_line()
 
 
 DashOpt = Annotated[Optional[str], typer.Option(help="Ray dashboard URL, e.g. http://HEAD:8265 "
@@ -188,12 +207,14 @@ def logs(submission_id: Annotated[str, typer.Argument(help="Submission id printe
 
 @app.command()
 @handles_errors
-def train(job: JobArg, set_: SetOpt = None) -> None:
+def train(job: JobArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None:
     """Train the job's model (GAN or text) with Ray Train, resuming from its last checkpoint; export a model package."""
     from pipeline.train.driver import train as train_job
 
     spec = load(job, set_)
-    result = train_job(spec, on_progress=lambda p: typer.echo(p.line()))
+    with terminal.ray_to_log(terminal.log_path(spec.storage.root, spec.name, "train"), verbose), \
+            terminal.StageProgress("train", unit="steps") as bar:
+        result = train_job(spec, on_progress=bar.train_event)
     if result.skipped:
         typer.echo(f"already trained from this spec: {result.package_uri}")
         return
@@ -202,6 +223,7 @@ def train(job: JobArg, set_: SetOpt = None) -> None:
                f"{result.detail})")
     typer.echo(f"checkpoints: {result.run_uri}")
     typer.echo(f"model package: {result.package_uri}  (sha256 {result.model_sha256[:12]})")
+    _log_line()
 
 
 EndpointOpt = Annotated[Optional[str], typer.Option(help="S3 endpoint URL for S3-compatible stores.")]
@@ -228,6 +250,7 @@ def evaluate(
     endpoint: EndpointOpt = None,
     address: AddressOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Measure a model: FLD, classifier score, precision/recall, memorization, each beside the real-vs-real floor.
 
@@ -237,8 +260,10 @@ def evaluate(
     from pipeline.evaluate import enforce_gate, run_evaluate
 
     spec = _job_or_bare(job, set_, model_uri, endpoint)
-    result = run_evaluate(spec, model_uri=model_uri, samples=samples, address=address,
-                          log=lambda line: typer.echo(line, err=True))
+    # without --job the storage root is the package itself: its log goes elsewhere (terminal.log_path)
+    logs = terminal.log_path(spec.storage.root if job else None, spec.name, "evaluate")
+    with terminal.ray_to_log(logs, verbose):
+        result = run_evaluate(spec, model_uri=model_uri, samples=samples, address=address, log=terminal.say)
     gate = spec.evaluate.gate if spec.evaluate else specs.GateSpec()
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=1))
@@ -247,6 +272,7 @@ def evaluate(
             typer.echo(line)
         typer.echo(f"result: {result.uri}" + ("  (reused: same package, N and settings)" if result.skipped else ""))
     enforce_gate(result, gate)
+    _log_line()
 
 
 @app.command()

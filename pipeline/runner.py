@@ -28,6 +28,7 @@ from pipeline.runtime import ensure_ray
 from pipeline.specs import JobSpec, check_date, check_run_id, today
 from pipeline.storage import StorageError, Store, absolute_uri, package_versions
 from pipeline.storage import verify as verify_uri
+from pipeline.terminal import StageProgress
 from pipeline.train.driver import train
 
 RUN_FORMAT = "aigc-run/1"
@@ -97,8 +98,11 @@ def _write_record(job: JobSpec, record: RunRecord, uri: str, log: Callable[[str]
 
 def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None, address: str | None = None,
             verify: bool = False, on_train_progress: Callable | None = None,
-            log: Callable[[str], None] = print) -> RunSummary:
+            log: Callable[[str], None] = print, progress: bool = True) -> RunSummary:
     """Run the job's stages in order; the first failing stage raises. ``verify`` rechecks the outputs.
+
+    ``progress`` shows one progress display per stage (:class:`~pipeline.terminal.StageProgress`);
+    ``on_train_progress`` gets every training event as well.
 
     A failing quality gate raises :class:`~pipeline.errors.GateFailed` before generate runs. The run
     record is written in every case.
@@ -112,7 +116,7 @@ def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
     stage = ["setup"]  # the stage running now, for the record of a failure
     try:
         _run_stages(job, summary, record, stage, date=date, run_id=run_id, address=address, verify=verify,
-                    on_train_progress=on_train_progress, log=log)
+                    on_train_progress=on_train_progress, log=log, progress=progress)
         record.status = "succeeded"
     except BaseException as exc:
         record.failed_stage = stage[0]
@@ -140,13 +144,19 @@ def _add(summary: RunSummary, record: RunRecord, outcome: StageOutcome) -> None:
 
 def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: list[str], *, date: str,
                 run_id: str | None, address: str | None, verify: bool, on_train_progress: Callable | None,
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], progress: bool) -> None:
     ensure_ray(address, dashboard=job.train is not None)  # Ray Train's controller wants the dashboard
 
     if job.train is not None:
         stage[0] = "train"
         t0 = time.monotonic()
-        res = train(job, on_progress=on_train_progress, address=address)
+        with StageProgress("train", unit="steps", enabled=progress) as bar:
+            def events(event: Any) -> None:
+                bar.train_event(event)
+                if on_train_progress is not None:
+                    on_train_progress(event)
+
+            res = train(job, on_progress=events, address=address)
         if res.skipped:
             log(f"train: skipped, a model package for this exact train spec exists: {res.package_uri}")
             _add(summary, record, StageOutcome("train", "skipped", time.monotonic() - t0, [res.package_uri],
@@ -161,7 +171,7 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
     if job.generate is not None:
         stage[0] = "generate"
         t0 = time.monotonic()
-        res = run_generate(job, date=date, run_id=run_id, address=address, log=log)
+        res = run_generate(job, date=date, run_id=run_id, address=address, log=log, progress=progress)
         if res.skipped:
             _add(summary, record, StageOutcome("generate", "skipped", time.monotonic() - t0, [res.output],
                                                f"already complete ({res.items:,} items)"))

@@ -31,11 +31,16 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
     """
     import ray
 
+    from pipeline import terminal
+
     if ray.is_initialized():
         return False
     addr = ray_address(address)
-    common = dict(logging_level=logging.WARNING, configure_logging=True, log_to_driver=True,
-                  ignore_reinit_error=True)
+    # Inside `aigc`'s ray_to_log (pipeline/terminal.py) everything Ray prints goes to the run's log
+    # file, so keep its INFO lines there; otherwise only its warnings reach the user's stderr.
+    logged = terminal.log_file() is not None
+    common = dict(logging_level=logging.INFO if logged or terminal.verbose else logging.WARNING, configure_logging=True,
+                  log_to_driver=True, ignore_reinit_error=True)
     if addr:
         ray.init(address=addr, **common)
     else:
@@ -43,8 +48,22 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None,
         ray.init(address="local", num_cpus=num_cpus,
                  object_store_memory=object_store_memory or 1_000_000_000,
                  include_dashboard=dashboard, dashboard_host="127.0.0.1", **common)
+    terminal.ray_started = True
+    if logged:
+        _forward_worker_output_to_stderr()
     quiet_ray_data()
     return True
+
+
+def _forward_worker_output_to_stderr() -> None:
+    """Ray prints what its workers write to stdout on the driver's stdout, the rest on sys.stderr;
+    while sys.stderr is the run's log file both go there (our stdout stays the user's)."""
+    from ray._private import worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs",
+                           lambda data: ray_worker.print_to_stdstream({**data, "is_err": True}, ignore_prefix=False))
 
 
 def quiet_ray_data() -> None:

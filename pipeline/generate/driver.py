@@ -19,7 +19,6 @@ Item bytes depend only on (spec, model package, item), never on actor count or r
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from pipeline.storage import (
     sha256,
     worker_env,
 )
+from pipeline.terminal import StageProgress
 
 
 @dataclass
@@ -61,32 +61,6 @@ class GenerateResult:
     @property
     def items_per_s(self) -> float:
         return self.items / self.seconds if self.seconds > 0 else 0.0
-
-
-class Progress:
-    """One-line progress on stderr: items, items/s, ETA (a carriage-return bar on a terminal)."""
-
-    def __init__(self, total: int, enabled: bool = True):
-        self.total, self.done, self.enabled = total, 0, enabled
-        self.t0 = time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if not self.enabled or (now - self.last < (0.2 if self.tty else 5.0) and self.done < self.total):
-            return
-        self.last = now
-        rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0
-        width = 30
-        fill = int(width * self.done / max(self.total, 1))
-        line = (f"generate [{'#' * fill}{'.' * (width - fill)}] {self.done:,}/{self.total:,} items "
-                f"{rate:,.0f} items/s ETA {eta:,.0f}s")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
-        if self.tty and self.done >= self.total:
-            print(file=sys.stderr)
 
 
 def model_uri_for(job: JobSpec) -> str:
@@ -231,9 +205,10 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
     total_items = sum(s.items for s in shards)
     if done:
         log(f"generate: resuming {output}: {len(shards) - len(todo)}/{len(shards)} shards already committed")
-    bar = Progress(sum(s.items for s in todo), enabled=progress)
     if todo:
-        _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar, formats, options)
+        # one display for the stage: a live bar on a terminal, else a line every N s and a summary
+        with StageProgress("generate", sum(s.items for s in todo), unit="items", enabled=progress) as bar:
+            _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar, formats, options)
 
     # 4. publish: every planned shard committed → orphans out → manifest → _SUCCESS
     done = committed_shards(store)
@@ -276,7 +251,7 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
 
 
 def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_uri: str, output: str,
-                date: str, address: str | None, bar: Progress, formats: list[str], options: Any) -> None:
+                date: str, address: str | None, bar: StageProgress, formats: list[str], options: Any) -> None:
     import ray
 
     from pipeline.runtime import ensure_ray
