@@ -195,6 +195,7 @@ def test_a_text_model_refuses_gan_options():
 
 # --------------------------------------------------------------------------------------------- resume (Ray)
 @pytest.mark.slow  # the default suite proves the same with tests/test_train.py's shared spec (which uses the recipe)
+@pytest.mark.timeout(900)
 def test_resume_with_ema_and_augmentation_matches_an_uninterrupted_run(ray_session, tmp_path):
     """2 epochs, then the same job to 4: G, D, the average and the optimizers equal a straight 4-epoch run."""
 

@@ -222,6 +222,7 @@ def test_prompts_demo_job_runs_at_tiny_size(ray_session, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # trains the prompt demo model (minutes on 2 cores)
 def test_demo_prompt_accuracy_on_heldout_phrasings(ray_session, tmp_path):
     """Acceptance: the full prompts-demo model reaches >= 90 % prompt accuracy on held-out phrasings
     (N=1000)."""

@@ -514,6 +514,7 @@ def test_two_workers_on_a_two_node_cluster(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # it trains the demo model: 260-410 s here, 3x and more
 def test_trained_generator_makes_recognisable_digits(ray_session, tmp_path):
     """The demo job's train stage (jobs/demo.yaml), against an untrained G, judged by a digits classifier."""
     from pipeline.families.dcgan.model import Generator
