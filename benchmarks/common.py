@@ -12,12 +12,13 @@ from pipeline.specs import ModelSpec, validate_job
 MODEL = ModelSpec(image_size=32, channels=1, z_dim=100, g_width=64, d_width=64)
 
 
-def job_spec(root: str, model_uri: str, n: int, name: str, storage: dict | None = None, shard_size: int = 1000):
+def job_spec(root: str, model_uri: str, n: int, name: str, storage: dict | None = None, shard_size: int = 1000,
+             formats: list[str] | None = None):
     return validate_job({
         "name": name,
         "storage": {"root": root, **(storage or {})},
         "generate": {"model": model_uri, "seeds": {"start": 0, "count": n}, "shard_size": shard_size,
-                     "output": "{root}/{name}", "formats": ["png", "parquet"],
+                     "output": "{root}/{name}", "formats": formats or ["png", "parquet"],
                      "scaling": {"num_actors": 2, "num_cpus": 0.5, "batch_size": 256}},
     }, "benchmark")
 

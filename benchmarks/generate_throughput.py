@@ -9,7 +9,9 @@
     * one process with 2 torch threads (the earlier baseline);
     * the ceiling of 2 cores: two processes with one thread each, each doing half the shards.
     For the classic DCGAN below and, with --demo-model URI, for the demo's generator.
-(b) PNG-per-item to a moto S3 server on 127.0.0.1: the pipeline vs a serial one-PUT-per-object loop.
+(b) to a moto S3 server on 127.0.0.1 that counts the requests it answers: a serial one-PUT-per-PNG loop vs
+    the pipeline with [png, parquet] (one object per item) and with [webdataset, parquet] (one tar per
+    shard); items/s ratios and PUT-class requests per 1,000 items.
 (c) peak RSS (driver + Ray workers) at N vs 10 N: the pipeline streams, so it should be flat.
 
 Model: the classic 32x32 DCGAN generator (z=100, width 64), untrained (speed does not depend on
@@ -178,11 +180,23 @@ def main() -> None:
 
 
 def s3_compare(model_uri: str, res, n: int, s3_n: int) -> None:
+    """(b) on one moto server that counts what it answers: the serial PUT loop, then the pipeline with
+    PNG + Parquet (one object per item), then with WebDataset + Parquet (one tar per shard)."""
+    import json
+    import urllib.request
+
     port = free_port()
-    moto = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+    moto = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_counting.py")), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def counts(reset: bool = False) -> dict[str, int]:
+        req = urllib.request.Request(f"{endpoint}/_counts" + ("/reset" if reset else ""),
+                                     method="POST" if reset else "GET")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
     try:
-        endpoint = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
                 socket.create_connection(("127.0.0.1", port), 0.2).close()
@@ -192,33 +206,67 @@ def s3_compare(model_uri: str, res, n: int, s3_n: int) -> None:
         os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
         import boto3
 
+        from pipeline.specs import StorageSpec
+        from pipeline.storage import Store
+
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
         m = min(s3_n, n)
         pngs = [p.read_bytes() for p in sorted((Path(res.output) / "images").rglob("*.png"))[:m]]
         assert len(pngs) == m
+        s3.put_object(Bucket="bench", Key="warmup", Body=b"x")  # connection up before timing
+        counts(reset=True)
         t = time.perf_counter()
         for i, data in enumerate(pngs):
             s3.put_object(Bucket="bench", Key=f"serial/{i:08d}.png", Body=data)
         serial_s = time.perf_counter() - t
-        t = time.perf_counter()
-        run_generate(job_spec("s3://bench/pipe", model_uri, m, "s3pipe", {"endpoint": endpoint}),
-                     date="2026-01-01", progress=False, log=lambda *a: None)
-        s3_s = time.perf_counter() - t
-        from pipeline.specs import StorageSpec
-        from pipeline.storage import Store
-
+        runs = {"serial PUT loop": (serial_s, counts(), None)}
+        layouts = (("png + parquet", ["png", "parquet"]), ("webdataset + parquet", ["webdataset", "parquet"]))
+        for label, formats in layouts:
+            name = "s3-" + formats[0]
+            counts(reset=True)
+            t = time.perf_counter()
+            run_generate(job_spec(f"s3://bench/{name}", model_uri, m, name, {"endpoint": endpoint}, formats=formats),
+                         date="2026-01-01", progress=False, log=lambda *a: None)
+            seconds = time.perf_counter() - t
+            seen = counts()
+            manifest = Store(f"s3://bench/{name}/{name}", StorageSpec(endpoint=endpoint)).read_json("manifest.json")
+            runs[f"pipeline, {label}"] = (seconds, seen, (manifest.get("usage") or {}).get("requests"))
         store = Store("s3://bench/bulk", StorageSpec(root="s3://bench/bulk", endpoint=endpoint))
+        counts(reset=True)
         t = time.perf_counter()
         store.write_many({f"{i:08d}.png": data for i, data in enumerate(pngs)})
         bulk_s = time.perf_counter() - t
-        print(f"(b) N={m:,}  serial PUT loop {m / serial_s:,.0f} obj/s  |  pipeline to s3:// {m / s3_s:,.0f} items/s "
-              f"(PNG + Parquet + index + manifest)  |  ratio {serial_s / s3_s:.1f}x  (target >= 10x)")
-        print(f"    the same PNGs with Store.write_many alone (concurrent PUTs): {m / bulk_s:,.0f} obj/s "
-              f"({serial_s / bulk_s:.1f}x the serial loop)")
+        bulk_seen, bulk_client = counts(), store.requests()
+        # the storage path alone, request-aware: the same PNGs as tars of 1,000 (one PUT per shard)
+        from pipeline.webdataset import tar_bytes
+
+        tars = {f"{lo // 1000:06d}.tar": tar_bytes([(f"{i:08d}.png", pngs[i]) for i in range(lo, min(lo + 1000, m))],
+                                                   0) for lo in range(0, m, 1000)}
+        counts(reset=True)
+        t = time.perf_counter()
+        Store("s3://bench/tars", StorageSpec(root="s3://bench/tars", endpoint=endpoint)).write_many(tars)
+        tar_s = time.perf_counter() - t
+        tar_seen = counts()
     finally:
         moto.terminate()
         moto.wait(10)
+    print(f"(b) N={m:,} to one moto S3 server on 127.0.0.1 (the same PNG bytes; the pipeline's times include actor "
+          "start, Parquet, shard indexes, manifest)")
+    for label, (seconds, seen, client) in runs.items():
+        writes = seen["PUT"] + seen["POST"]  # PutObject, UploadPart | Create/CompleteMultipartUpload
+        line = (f"    {label:<34} {m / seconds:7,.0f} items/s  {serial_s / seconds:5.1f}x the serial loop  |  "
+                f"PUT-class requests per 1,000 items {writes * 1000 / m:8.1f}  (server saw: "
+                + ", ".join(f"{k} {v:,}" for k, v in seen.items() if v) + ")")
+        if client:
+            line += "  | manifest: " + ", ".join(f"{k} {v:,}" for k, v in client.items() if v)
+        print(line)
+    print("    target: the tar layout >= 10x the serial loop")
+    print(f"    the same PNGs with Store.write_many alone (a window of 32 PUTs): {m / bulk_s:,.0f} obj/s "
+          f"({serial_s / bulk_s:.1f}x the serial loop); server saw PUT {bulk_seen['PUT']:,}, the store counted "
+          f"PUT {bulk_client['PUT']:,}")
+    print(f"    the same PNGs as {len(tars)} tars of 1,000, Store.write_many (upload only): {m / tar_s:,.0f} items/s "
+          f"({serial_s / tar_s:.1f}x the serial loop); server saw PUT {tar_seen['PUT']:,}")
 
 
 def rss_compare(model_uri: str, tmp: Path, n: int) -> None:

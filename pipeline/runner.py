@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from pipeline.cost import estimate, summary_line
 from pipeline.errors import GateFailed, PipelineError
 from pipeline.evaluate import run_evaluate
 from pipeline.generate import run_generate
@@ -48,12 +49,15 @@ class RunSummary:
     job: str
     date: str
     stages: list[StageOutcome] = field(default_factory=list)
+    cost: str = ""  # what the run used and, with the job's price table, cost (pipeline.cost.summary_line)
 
     def lines(self) -> list[str]:
         out = [f"run {self.job} for {self.date}:"]
         for s in self.stages:
             out.append(f"  {s.stage:<9} {s.outcome:<8} {s.seconds:7.1f}s  {s.detail}")
             out += [f"  {'':<9} {'':<8} {'':>8}  → {o}" for o in s.outputs]
+        if self.cost:
+            out.append(f"  {self.cost}")
         return out
 
 
@@ -77,6 +81,8 @@ class RunRecord:
     seconds: float = 0.0
     stages: list[dict[str, Any]] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
+    usage: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage: CPU/GPU-s, requests, bytes, items
+    cost: dict[str, Any] | None = None  # pipeline.cost.estimate of the usage with the job's price table
     spec: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +138,8 @@ def run_job(job: JobSpec, *, date: str | None = None, run_id: str | None = None,
         raise
     finally:
         record.finished_at, record.seconds = _now(), round(time.monotonic() - t0, 2)
+        record.cost = estimate(record.usage, job.cost.model_dump() if job.cost is not None else None)
+        summary.cost = summary_line(record.cost)
         _write_record(job, record, record_uri, log)
     return summary
 
@@ -149,7 +157,7 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
 
     if job.train is not None:
         stage[0] = "train"
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         with StageProgress("train", unit="steps", enabled=progress) as bar:
             def events(event: Any) -> None:
                 bar.train_event(event)
@@ -164,14 +172,21 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
         else:
             _add(summary, record, StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri],
                                                res.detail or f"{res.epochs} epochs"))
+        record.usage["train"] = {"cpu_s": round(float(res.usage.get("cpu_s", 0.0)) + time.process_time() - cpu0, 2),
+                                 "gpu_s": float(res.usage.get("gpu_s", 0.0)), "workers": res.usage.get("workers", 0)}
 
     if job.evaluate is not None:
-        _evaluate_stage(job, summary, record, stage, address=address, log=log)
+        cpu0 = time.process_time()
+        try:
+            _evaluate_stage(job, summary, record, stage, address=address, log=log)
+        finally:  # the evaluation runs in this process: its CPU time is the driver's
+            record.usage["evaluate"] = {"cpu_s": round(time.process_time() - cpu0, 2), "gpu_s": 0.0}
 
     if job.generate is not None:
         stage[0] = "generate"
         t0 = time.monotonic()
         res = run_generate(job, date=date, run_id=run_id, address=address, log=log, progress=progress)
+        record.usage["generate"] = res.usage
         if res.skipped:
             _add(summary, record, StageOutcome("generate", "skipped", time.monotonic() - t0, [res.output],
                                                f"already complete ({res.items:,} items)"))

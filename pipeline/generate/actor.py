@@ -25,11 +25,14 @@ docs/webdataset.md), whose members' sizes and sha256 the shard index records und
 Items run in fixed micro-batches of ``generate.scaling.batch_size`` in item order, and each item
 draws from its own seeded generator, so the bytes of an item never depend on actor count,
 scheduling or retries. The shard's files and Parquet part go straight to storage, then the shard
-index commits it; only small summaries travel back through the object store.
+index commits it; only small summaries travel back through the object store, with the storage
+requests the commit sent (``requests_put``, ``requests_get``, ... :data:`REQUEST_KEYS`), which
+the driver sums into the manifest.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +45,11 @@ from pipeline.generate.plan import shard_items
 from pipeline.layout import asset_path, part_path, tar_path
 from pipeline.package import load_package
 from pipeline.specs.schema import StorageSpec
-from pipeline.storage import Store, WorkerEnv, commit_shard, sha256
+from pipeline.storage import REQUEST_KINDS, Store, WorkerEnv, commit_shard, request_delta, sha256
 from pipeline.webdataset import member_records, sample_members, tar_bytes
+
+# The storage requests of committing a shard (Store.requests), as flat numeric columns of the actor's rows.
+REQUEST_KEYS = tuple(f"requests_{k.lower()}" for k in (*REQUEST_KINDS, "retries"))
 
 
 @dataclass
@@ -61,6 +67,7 @@ class ShardConfig:
     batch_size: int
     threads: int
     device: str = "cpu"
+    gpu_share: float = 0.0  # the GPUs each actor holds (generate.scaling.num_gpus), for GPU-seconds
     options: Any = None  # the family's sampler options (Implementation.sampler_options)
     env: WorkerEnv = field(default_factory=WorkerEnv)  # storage credentials: in the task, never in a Ray log
 
@@ -76,6 +83,7 @@ class ShardWorker:
     def __init__(self, cfg: ShardConfig):
         import torch
 
+        self._started = time.monotonic()
         cfg.env.apply()
         torch.set_num_threads(cfg.threads)  # actors share the node: one pool, not N x all cores
         if cfg.device.startswith("cuda"):  # the same kernels for the same shapes: bytes independent of timing
@@ -89,7 +97,8 @@ class ShardWorker:
         self.store = Store(cfg.output, cfg.storage)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = {"shard": [], "items": [], "files": [], "bytes": []}
+        out: dict[str, list] = {"shard": [], "items": [], "files": [], "bytes": [], "cpu_s": [], "gpu_s": [],
+                                **{k: [] for k in REQUEST_KEYS}}
         for i in range(len(batch["shard"])):
             summary = self.run_shard({k: batch[k][i] for k in batch})
             for k in out:
@@ -131,8 +140,24 @@ class ShardWorker:
             meta["counts"] = counts(rows)
         if getattr(sampler, "canonical", None) is not None:
             meta["canonical"] = self.canonical(shard, files, rows, marks, owns)
+        before = self.store.requests()
         rec = commit_shard(self.store, shard, files, meta)
-        return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"]}
+        sent = request_delta(self.store.requests(), before)  # not in the index: retries vary from run to run
+        cpu_s, gpu_s = self.used()
+        return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"], "cpu_s": cpu_s,
+                "gpu_s": gpu_s, **{f"requests_{k.lower()}": sent[k] for k in (*REQUEST_KINDS, "retries")}}
+
+    def used(self) -> tuple[float, float]:
+        """(CPU-seconds, GPU-seconds) this actor used since its last shard: its process's own CPU time (user +
+        system, every thread; the first shard carries the process's start and the model load), and the
+        seconds it held its share of a GPU (CUDA keeps no busy-time counter)."""
+        import resource
+
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu, now = ru.ru_utime + ru.ru_stime, time.monotonic()
+        prev_cpu, prev_t = getattr(self, "_mark", (0.0, self._started))
+        self._mark = (cpu, now)
+        return round(cpu - prev_cpu, 3), round((now - prev_t) * self.cfg.gpu_share, 3)
 
     @property
     def mtime(self) -> int:

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.catalog.registry import family_of, implementation
+from pipeline.cost import estimate
 from pipeline.errors import PackageError, PipelineError, StorageError, last_error_line, user_error_line
 from pipeline.generate.actor import ShardConfig, ShardWorker
 from pipeline.generate.plan import ShardPlan, ours, plan_shards
@@ -57,6 +58,7 @@ class GenerateResult:
     bytes: int
     seconds: float
     skipped: bool = False  # the whole job was already published
+    usage: dict = field(default_factory=dict)  # what this call used (pipeline.cost): CPU/GPU-s, requests, bytes
 
     @property
     def items_per_s(self) -> float:
@@ -136,7 +138,7 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
     gen = job.generate
     if gen is None:
         raise PipelineError(f"job '{job.name}' has no generate stage")
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     date = date or today()
     output = render_output(job, date, run_id)
     store = Store(output, job.storage)
@@ -159,6 +161,7 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
     with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
         return _generate_locked(job, store, output=output, date=date, address=address, progress=progress, log=log,
                                 model_uri=model_uri, model_sha256=pkg.model_sha256, prompts=prompts, key=key, t0=t0,
+                                cpu0=cpu0,
                                 formats=[f for f in gen.formats if f in fam.formats] or list(fam.formats),
                                 options=impl.sampler_options(job), encoder=impl.manifest_encoder(pkg.config))
 
@@ -181,7 +184,7 @@ def _check_family(job: JobSpec, fam: Any, model_uri: str) -> None:
 
 def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, address: str | None, progress: bool,
                      log, model_uri: str, model_sha256: str, prompts: PromptSet | None, key: dict, t0: float,
-                     formats: list[str], options: Any, encoder: dict) -> GenerateResult:
+                     cpu0: float, formats: list[str], options: Any, encoder: dict) -> GenerateResult:
     """Plan, run and publish the shards; ``encoder`` names what wrote the files, in the manifest."""
     gen = job.generate
     assert gen is not None
@@ -208,7 +211,9 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
     if todo:
         # one display for the stage: a live bar on a terminal, else a line every N s and a summary
         with StageProgress("generate", sum(s.items for s in todo), unit="items", enabled=progress) as bar:
-            _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar, formats, options)
+            used = _run_shards(job, todo, model_sha256, model_uri, output, date, address, bar, formats, options)
+    else:
+        used = {}
 
     # 4. publish: every planned shard committed → orphans out → manifest → _SUCCESS
     done = committed_shards(store)
@@ -242,16 +247,38 @@ def _generate_locked(job: JobSpec, store: Store, *, output: str, date: str, addr
             counts[k] = counts.get(k, 0) + v
     if counts["items"] != total_items:
         raise PipelineError(f"generate: committed {counts['items']} items but planned {total_items}; rerun to repair")
+    usage = _usage(used, store, time.process_time() - cpu0, len(files))
+    extra = {"run": key, "model_uri": absolute_uri(model_uri), "model_sha256": model_sha256, "encoder": encoder,
+             "usage": usage}
+    if job.cost is not None:  # this call's cost; the run record adds the other stages'
+        extra["cost"] = estimate({"generate": usage}, job.cost.model_dump())
     publish(store, kind="generate", job=job.name, spec=job.masked(), counts=counts, shards=shard_recs, files=files,
-            extra={"run": key, "model_uri": absolute_uri(model_uri), "model_sha256": model_sha256,
-                   "encoder": encoder})
+            extra=extra)
     seconds = time.monotonic() - t0
     return GenerateResult(output, counts["items"], len(shards), len(shards) - len(todo), len(rejected),
-                          counts["bytes"], seconds)
+                          counts["bytes"], seconds, usage=usage)
+
+
+def _usage(used: dict[str, float], store: Store, driver_cpu: float, n_top: int) -> dict[str, Any]:
+    """This call's usage: the actors' own CPU- and GPU-seconds (summed from their shard summaries) and the
+    driver's CPU time; the requests of the actors' stores and the driver's; the bytes and items it wrote."""
+    requests: dict[str, int] = {}
+    for k, v in used.items():
+        if k.startswith("requests_"):
+            kind = k[len("requests_"):].upper().replace("RETRIES", "retries")
+            requests[kind] = requests.get(kind, 0) + int(v)
+    for k, v in store.requests().items():  # the driver's own store: listing, indexes, the lock, the job file
+        requests[k] = requests.get(k, 0) + int(v)
+    if not store.local:  # what publish() is about to PUT: the top-level files, manifest.json, _SUCCESS
+        requests["PUT"] = requests.get("PUT", 0) + n_top + 2
+    return {"cpu_s": round(used.get("cpu_s", 0.0) + driver_cpu, 2), "gpu_s": round(used.get("gpu_s", 0.0), 2),
+            "requests": dict(sorted(requests.items())), "bytes": int(used.get("bytes", 0)),
+            "items": int(used.get("items", 0))}
 
 
 def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_uri: str, output: str,
-                date: str, address: str | None, bar: StageProgress, formats: list[str], options: Any) -> None:
+                date: str, address: str | None, bar: StageProgress, formats: list[str],
+                options: Any) -> dict[str, float]:
     import ray
 
     from pipeline.runtime import ensure_ray
@@ -268,7 +295,7 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
                       # one intra-op thread per actor, whatever num_cpus: float reductions split differently
                       # across thread counts, so another count would change rare bytes (docs/architecture.md)
                       threads=1,
-                      device="cuda" if scaling.num_gpus > 0 else "cpu",
+                      device="cuda" if scaling.num_gpus > 0 else "cpu", gpu_share=scaling.num_gpus,
                       # workers of a Ray started before the credentials were set would not see them
                       env=worker_env(job))
     # One block per shard, so Ray hands each actor call exactly one whole shard.
@@ -283,11 +310,16 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
         num_gpus=scaling.num_gpus or None,
         batch_format="numpy",
     )
+    used: dict[str, float] = {}  # summed over the shards: items, bytes, the actors' cpu_s/gpu_s, requests_*
     try:
         for row in ds.iter_rows():
             bar.update(int(row["items"]))
+            for k, v in row.items():
+                if k in ("items", "bytes", "cpu_s", "gpu_s") or k.startswith("requests_"):
+                    used[k] = used.get(k, 0) + float(v)
     except (StorageError, PackageError, PipelineError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the cause in one line
         line = user_error_line(exc) or last_error_line(exc)
         raise PipelineError(f"generate: {line}; committed shards are kept, rerun to resume") from None
+    return used

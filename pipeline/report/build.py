@@ -161,6 +161,18 @@ def _index_html(inp: ReportInputs, curves: dict[str, str], samples: list[tuple[i
                  ("items", f"{c.get('items', 0):,} ({c.get('seed_items', 0):,} from seeds, "
                            f"{c.get('prompt_items', 0):,} from prompts; {c.get('rejected', 0)} prompts rejected)"),
                  ("files / bytes", f"{c.get('files', 0):,} / {c.get('bytes', 0):,}")]
+        used, cost = man.get("usage") or {}, man.get("cost") or {}
+        if used:  # what the publishing call used (pipeline.cost): its CPU-s, requests and bytes
+            reqs = ", ".join(f"{k} {v:,}" for k, v in (used.get("requests") or {}).items() if v) or "none counted"
+            rows.append(("usage of this call", f"{used.get('cpu_s', 0):,.1f} CPU-s, {used.get('gpu_s', 0):,.1f} GPU-s, "
+                                               f"{used.get('items', 0):,} items, {used.get('bytes', 0):,} bytes; "
+                                               f"requests: {reqs}"))
+        if cost.get("total") is not None:
+            per = cost.get("per_1k_assets")
+            rows.append(("cost (the job's price table)",
+                         f"{cost['total']:.4f} {cost.get('currency', '')}"
+                         + (f", {per:.4f} per 1,000 assets" if per is not None else "")
+                         + f" (priced: {', '.join(cost.get('priced') or [])})"))
     body.append(kv_table(rows))
 
     body.append("<h2>Quality metrics</h2>")

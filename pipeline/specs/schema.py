@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.catalog.registry import family_of
 from pipeline.checks import Strict, check_env_name, check_name, output_overlap
+from pipeline.specs.cost_schema import CostSpec
 from pipeline.specs.stage_schema import (
     EvaluateSpec,
     GateSpec,
@@ -56,6 +57,8 @@ class JobSpec(Strict):
     train: TrainSpec | None = Field(None, description="Train stage.")
     evaluate: EvaluateSpec | None = Field(None, description="Evaluate stage.")
     generate: GenerateSpec | None = Field(None, description="Generate stage.")
+    cost: CostSpec | None = Field(None, description="Price table: what a run used becomes what it cost, in the run "
+                                                    "record and `aigc run`'s summary (no default prices).")
 
     @field_validator("name")
     @classmethod

@@ -19,12 +19,21 @@ from pipeline.storage.commit import (
                                      sha256,
 )
 from pipeline.storage.env import WorkerEnv, absolute_uri, resolve_recorded, worker_env
-from pipeline.storage.store import LOCK, Store, join, open_fs, safe_relpath, storage_options
+from pipeline.storage.store import (
+                                    LOCK,
+                                    REQUEST_KINDS,
+                                    Store,
+                                    join,
+                                    open_fs,
+                                    request_delta,
+                                    safe_relpath,
+                                    storage_options,
+)
 from pipeline.storage.verify import VerifyReport, verify
 
 __all__ = [
-    "LOCK", "MANIFEST", "MANIFEST_FORMAT", "SHARDS_DIR", "SUCCESS", "FileRecord", "NotFound", "StorageError", "Store",
-    "VerifyReport", "WorkerEnv", "absolute_uri", "commit_shard", "committed_shards", "is_published", "join",
-    "json_bytes", "open_fs", "package_versions", "publish", "records", "resolve_recorded", "safe_relpath",
-    "sha256", "shard_index_path", "storage_options", "verify", "worker_env",
+    "LOCK", "MANIFEST", "MANIFEST_FORMAT", "REQUEST_KINDS", "SHARDS_DIR", "SUCCESS", "FileRecord", "NotFound",
+    "StorageError", "Store", "VerifyReport", "WorkerEnv", "absolute_uri", "commit_shard", "committed_shards",
+    "is_published", "join", "json_bytes", "open_fs", "package_versions", "publish", "records", "request_delta",
+    "resolve_recorded", "safe_relpath", "sha256", "shard_index_path", "storage_options", "verify", "worker_env",
 ]

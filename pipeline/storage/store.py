@@ -6,6 +6,13 @@ must not be one PUT after another), listings that never follow a symlink, and de
 go through one. Errors from any backend become a :class:`~pipeline.errors.StorageError` with a
 one-line message naming the URI.
 
+On s3:// a store also counts the requests it sends (:meth:`Store.requests`), at the wire: a
+botocore ``before-send`` hook on its own client session fires once per HTTP request, retries
+included. Throttling (SlowDown, 503), timeouts and connection errors are retried by botocore's
+``standard`` (or ``adaptive``) retry mode, ``storage.max_retries`` times, with exponential backoff
+and full jitter; s3fs's own retry loop is turned off so that bound is the whole truth. Objects of
+``storage.multipart_threshold`` bytes or more go up through s3fs's multipart upload.
+
     >>> store = Store("memory://demo")
     >>> store.write("a/b.txt", b"hi"); store.read("a/b.txt")
     b'hi'
@@ -13,6 +20,7 @@ one-line message naming the URI.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
@@ -25,9 +33,17 @@ from typing import Any, Iterable, Iterator
 
 import fsspec
 
-from pipeline.checks import uri_scheme
 from pipeline.errors import NotFound, StorageError
 from pipeline.specs.schema import StorageSpec
+from pipeline.storage.backend import (  # noqa: F401 - re-exported
+    REQUEST_KINDS,
+    RequestCounter,
+    _describe,
+    _strip,
+    open_fs,
+    request_delta,
+    storage_options,
+)
 
 LOCK = ".lock"
 _TMP_TOKEN = uuid.uuid4().hex[:6]  # with the pid and a counter: temporary names unique across hosts too
@@ -44,90 +60,6 @@ def sha256(data: bytes) -> str:
 
 
 # --------------------------------------------------------------------------------------------- errors
-def _describe(exc: BaseException, uri: str, endpoint: str | None) -> str:
-    """Turn any backend exception into one line naming the URI."""
-    text = f"{type(exc).__name__}: {exc}"
-    low = text.lower()
-    where = f" at {endpoint}" if endpoint else ""
-    if any(k in low for k in ("could not connect", "connection refused", "cannot connect", "connect timeout",
-                              "endpointconnectionerror", "name or service not known", "connectionerror",
-                              "clientconnectorerror", "max retries exceeded", "server disconnected",
-                              "connection reset", "connection aborted", "broken pipe", "connectionclosederror")):
-        return f"{uri}: cannot reach the storage endpoint{where} ({type(exc).__name__})"
-    if "nosuchbucket" in low or "bucket does not exist" in low or "specified bucket does not exist" in low:
-        return f"{uri}: bucket does not exist"
-    if isinstance(exc, PermissionError) and uri_scheme(uri) == "file":  # no credentials involved locally
-        return f"{uri}: permission denied (not writable or readable by this user)"
-    if isinstance(exc, PermissionError) or "accessdenied" in low or "access denied" in low or "forbidden" in low \
-            or "invalidaccesskeyid" in low or "signaturedoesnotmatch" in low:
-        return f"{uri}: access denied (check the credentials named in storage.credentials)"
-    if isinstance(exc, FileNotFoundError):
-        return f"{uri}: not found"
-    if isinstance(exc, IsADirectoryError):
-        return f"{uri}: is a directory"
-    if isinstance(exc, OSError) and exc.errno == 28:
-        return f"{uri}: no space left on device"
-    if isinstance(exc, OSError) and exc.errno == 30:
-        return f"{uri}: read-only file system"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return f"{uri}: {type(exc).__name__}: {first[:300]}"
-
-
-# --------------------------------------------------------------------------------------------- filesystems
-def storage_options(scheme: str, spec: StorageSpec | None) -> dict[str, Any]:
-    """fsspec options for a scheme: endpoint, region and credentials from the spec or the env."""
-    spec = spec or StorageSpec()
-    creds = spec.credentials
-    if scheme == "s3":
-        opts: dict[str, Any] = {}
-        client: dict[str, Any] = {}
-        endpoint = spec.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            client["endpoint_url"] = endpoint
-        region = spec.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            client["region_name"] = region
-        if client:
-            opts["client_kwargs"] = client
-        for key, env in (("key", creds.access_key_env), ("secret", creds.secret_key_env),
-                         ("token", creds.session_token_env)):
-            if env:
-                if env not in os.environ:
-                    raise StorageError(f"storage.credentials: environment variable {env} is not set")
-                opts[key] = os.environ[env]
-        if creds.profile:
-            opts["profile"] = creds.profile
-        # Fail fast on a dead endpoint instead of retrying for minutes.
-        opts["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
-        opts["skip_instance_cache"] = True
-        return opts
-    if scheme in ("gs", "gcs"):
-        opts = {}
-        if creds.token_file_env:
-            if creds.token_file_env not in os.environ:
-                raise StorageError(f"storage.credentials: environment variable {creds.token_file_env} is not set")
-            opts["token"] = os.environ[creds.token_file_env]
-        if spec.endpoint:
-            opts["endpoint_url"] = spec.endpoint
-        return opts
-    return {}
-
-
-def _strip(uri: str) -> str:
-    return uri.rstrip("/") if len(uri.rstrip("/")) > 0 else uri
-
-
-def open_fs(uri: str, spec: StorageSpec | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    scheme = uri_scheme(uri)
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **storage_options(scheme, spec))
-    except StorageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - every backend has its own
-        raise StorageError(_describe(exc, uri, spec.endpoint if spec else None)) from None
-    return fs, path.rstrip("/") if path not in ("/", "") else path
-
-
 def join(*parts: str) -> str:
     return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts) if p != "")
 
@@ -151,8 +83,29 @@ class Store:
     def __init__(self, uri: str, spec: StorageSpec | None = None):
         self.uri = _strip(uri)
         self.spec = spec or StorageSpec()
-        self.fs, self.root = open_fs(self.uri, self.spec)
+        self.counter = RequestCounter()
+        self.fs, self.root = open_fs(self.uri, self.spec, self.counter)
         self.local = "file" in _protocols(self.fs) or "local" in _protocols(self.fs)
+        # no hook on this backend (gs://, memory://, ...): the store counts its own operations; local disks none
+        self._count = not self.local and not self.counter.wire
+
+    def requests(self) -> dict[str, int]:
+        """Requests this store has sent so far: ``{"PUT", "GET", "LIST", "HEAD", "DELETE", "OTHER", "retries"}``.
+
+        s3://: every HTTP request its client sent, counted by a botocore hook (retries included, and
+        counted again under ``retries``); PUT is every billed write (PutObject, and a multipart
+        upload's CreateMultipartUpload, UploadPart and CompleteMultipartUpload). Other object stores:
+        one per store operation of that kind (an fsspec call may make more). Local disks: all zero.
+        """
+        return self.counter.snapshot()
+
+    def operations(self) -> dict[str, int]:
+        """s3://: requests sent by S3 operation name (``PutObject``, ``UploadPart``, ...)."""
+        return self.counter.operations()
+
+    def _note(self, kind: str, n: int = 1) -> None:
+        if self._count:
+            self.counter.add(kind, n)
 
     # -- plumbing
     def __repr__(self) -> str:
@@ -213,15 +166,18 @@ class Store:
     def exists(self, rel: str) -> bool:
         with self.errors(rel):
             self.fs.invalidate_cache(self.path(rel))  # other processes write here: never trust a cached listing
+            self._note("HEAD")
             return self.fs.exists(self.path(rel))
 
     def size(self, rel: str) -> int:
         """Bytes in one file, without reading it."""
         with self.errors(rel):
+            self._note("HEAD")
             return int(self.fs.size(self.path(rel)))
 
     def read(self, rel: str) -> bytes:
         with self.errors(rel):
+            self._note("GET")
             return self.fs.cat_file(self.path(rel))
 
     def read_json(self, rel: str, max_bytes: int = 1 << 30) -> Any:
@@ -250,6 +206,7 @@ class Store:
                     return None
                 return {"size": st.st_size, "regular": stat.S_ISREG(st.st_mode)}
             self.fs.invalidate_cache(path)
+            self._note("HEAD")
             try:
                 info = self.fs.info(path)
             except FileNotFoundError:
@@ -267,6 +224,7 @@ class Store:
                 except NotADirectoryError:
                     raise StorageError(f"{self.uri}: is a file, not a folder") from None
             self.fs.invalidate_cache(self.root)
+            self._note("LIST")
             if not self.fs.exists(self.root):
                 return []
             return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False))
@@ -293,6 +251,7 @@ class Store:
                 if {"s3", "gs"} & set(_protocols(self.fs)) and bucket and not self.fs.exists(bucket):
                     raise StorageError(f"{self.url()}: bucket does not exist")
                 return {}
+            self._note("LIST")
             found = self.fs.find(base, detail=True)
         prefix = self.root.rstrip("/") + "/"
         out = {}
@@ -327,8 +286,28 @@ class Store:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
                     raise
+            elif self._s3:
+                self.fs.pipe_file(path, data, **self._s3_put(len(data)))  # atomic: one PUT, or a completed multipart
             else:
+                self._note("PUT")
                 self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
+
+    @property
+    def _s3(self) -> bool:
+        return "s3" in _protocols(self.fs)
+
+    def _s3_put(self, size: int) -> dict[str, int]:
+        """s3fs ``pipe_file`` arguments: one PUT below ``storage.multipart_threshold``, else parts.
+
+        s3fs puts an object in one request when it is under twice its ``chunksize``, else as a
+        multipart upload in parts of ``chunksize``, ``max_concurrency`` parts in flight.
+        """
+        spec = self.spec
+        if size < spec.multipart_threshold:
+            return {"chunksize": spec.multipart_threshold}  # size < 2 x chunksize: one PUT
+        part = max(spec.multipart_part_size, -(-size // 10_000))  # S3 allows 10,000 parts
+        # each part in flight is a copy of its slice: keep them under ~256 MiB together
+        return {"chunksize": part, "max_concurrency": max(1, min(spec.max_concurrency, (256 << 20) // part))}
 
     def write_json(self, rel: str, obj: Any) -> bytes:
         data = json_bytes(obj)
@@ -340,10 +319,19 @@ class Store:
         if not files:
             return
         if not self.local and getattr(self.fs, "async_impl", False):
-            # s3fs/gcsfs: fsspec's bulk pipe gathers the PUTs on its event loop, batch_size at a time.
+            # s3fs/gcsfs: the PUTs on the filesystem's event loop, a sliding window of max_concurrency
+            # (not fsspec's batches, which wait for the slowest of each); the first failure, retries
+            # spent, cancels the rest and names its object.
+            paths = {k: join(self.root, safe_relpath(k)) for k in files}
+            from fsspec.asyn import sync
+
+            failed: list[tuple[str, BaseException]] = []
             with self.errors():
-                self.fs.pipe({join(self.root, safe_relpath(k)): v for k, v in files.items()},
-                             batch_size=self.spec.max_concurrency)
+                sync(self.fs.loop, self._put_all, paths, files, failed)
+            if failed:
+                rel, exc = failed[0]
+                msg = _describe(exc, self.url(rel), self.spec.endpoint)
+                raise (NotFound if msg.endswith(": not found") else StorageError)(msg) from None
             return
         if self.local or "memory" in _protocols(self.fs):
             # Local disks: serial atomic writes beat a thread pool (measured 48 vs 79 us/file here).
@@ -357,12 +345,42 @@ class Store:
         with ThreadPoolExecutor(min(self.spec.max_concurrency, 16)) as pool:
             list(pool.map(lambda kv: self.write(*kv), files.items()))
 
+    async def _put_all(self, paths: dict[str, str], files: dict[str, bytes],
+                       failed: list[tuple[str, BaseException]]) -> None:
+        gate = asyncio.Semaphore(self.spec.max_concurrency)
+
+        async def put(rel: str) -> None:
+            async with gate:
+                if failed:
+                    return
+                data = files[rel]
+                try:
+                    if self._s3:
+                        await self.fs._pipe_file(paths[rel], data, **self._s3_put(len(data)))
+                    else:
+                        self._note("PUT")
+                        await self.fs._pipe_file(paths[rel], data)
+                except Exception as exc:  # noqa: BLE001 - described with its object's name
+                    failed.append((rel, exc))
+                    raise
+
+        tasks = [asyncio.ensure_future(put(rel)) for rel in paths]
+        try:
+            await asyncio.gather(*tasks)
+        except Exception:  # noqa: BLE001 - in `failed`
+            pass
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     def delete(self, rels: Iterable[str]) -> list[str]:
         """Delete these files; returns those deleted. Never deletes through or at a symlink: on a local
         disk a path with a symlinked folder on the way, or that is not a regular file, is left alone."""
         rels = [r for r in rels if not self.local or self._plain_file(r)]
         if rels:
             with self.errors():
+                self._note("DELETE", len(rels))
                 self.fs.rm([self.path(r) for r in rels])
         return rels
 

@@ -61,6 +61,7 @@ class TrainResult:
     seconds: float
     data: dict = field(default_factory=dict)
     detail: str = ""  # the family's one line about it (epochs, losses, held-out figures)
+    usage: dict = field(default_factory=dict)  # the workers' CPU- and GPU-seconds of this call's fit (if it fit)
 
 
 def package_version(job: JobSpec) -> str:
@@ -298,4 +299,5 @@ def export_result(job: JobSpec, run: RunLocation, data: Any, ck: LoadedCheckpoin
                        epochs=ck.epoch + 1, global_step=int(ck.state["global_step"]), history=history,
                        epochs_run=list(range(first_run, ck.epoch + 1)), resumed_from=resumed_from, skipped=False,
                        seconds=time.perf_counter() - started, data=data.summary(),
-                       detail=implementation(t.model).describe(history, data.summary()))
+                       detail=implementation(t.model).describe(history, data.summary()),
+                       usage=dict(ck.state.get("usage") or {}) if first_run <= ck.epoch else {})

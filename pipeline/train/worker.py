@@ -14,6 +14,7 @@ import hashlib
 import os
 import random
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -216,15 +217,39 @@ def write_samples(cfg: LoopConfig, directory: str, epoch: int, data: bytes, ext:
     _write_run_file(cfg, samples_path(epoch, ext), data)
 
 
+_STARTED = time.monotonic()  # this worker process's start (its module import), for GPU-seconds
+
+
+def worker_usage() -> dict[str, float]:
+    """CPU-seconds (user + system, every thread) and GPU-seconds of every worker process of the run so far,
+    summed over the ranks (an all-reduce when a process group is up): each process's own use, not wall
+    time times slots. A GPU-second is a second a worker held its GPU (CUDA keeps no busy-time counter)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    gpu = time.monotonic() - _STARTED if torch.cuda.is_available() and torch.cuda.is_initialized() else 0.0
+    x = torch.tensor([ru.ru_utime + ru.ru_stime, gpu, 1.0], dtype=torch.float64)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
+        y = x.to(on)
+        dist.all_reduce(y)
+        x = y.cpu()
+    cpu, gpu, workers = x.tolist()
+    return {"cpu_s": round(cpu, 2), "gpu_s": round(gpu, 2), "workers": int(workers)}
+
+
 def report_epoch(cfg: LoopConfig, epoch: int, rank: int, metrics: dict[str, Any], history: list[dict],
                  write: Callable[[str, dict], None], **state: Any) -> None:
     """End an epoch on one worker: rank 0 calls ``write(directory, state)`` to put the models,
     optimizers, ``state`` and samples into the checkpoint; every rank adds its RNG; all report."""
     import ray.train
 
+    used = worker_usage()  # a collective: every rank reaches it here, at the same epoch
     with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as tmp:
         if rank == 0:
             full = {"epoch": epoch, "global_step": metrics["global_step"], "history": history, **state,
+                    "usage": used,
                     "data_fingerprint": cfg.data_fingerprint, "train_fingerprint": cfg.job.fingerprint("train"),
                     "spec": cfg.job.masked(),
                     "saved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
