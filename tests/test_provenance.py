@@ -31,7 +31,7 @@ from pipeline.provenance.xmp import KEYWORD
 from pipeline.specs import SpecError, load_job, validate_job
 from pipeline.storage import sha256, verify
 
-from helpers import files_of, make_package, require_system
+from helpers import files_of, make_package, require_system, require_watermark
 
 DATE = "2026-11-28"
 CHAIN_ENV, KEY_ENV = "AIGC_TEST_C2PA_CHAIN", "AIGC_TEST_C2PA_KEY"
@@ -115,6 +115,7 @@ SIGNED = {"c2pa": {"cert_chain_env": CHAIN_ENV, "private_key_env": KEY_ENV}, "wa
 @pytest.fixture(scope="module")
 def signed(ray_session, package, prompts_file, chain, tmp_path_factory):
     """Two signed runs of the same spec: 1 actor with batches of 16, 2 actors with batches of 64."""
+    require_watermark()  # SIGNED asks for the watermark too
     mp = pytest.MonkeyPatch()
     mp.setenv(CHAIN_ENV, chain["chain"])
     mp.setenv(KEY_ENV, chain["key"])
@@ -259,6 +260,7 @@ def test_resume_with_c2pa_on_gives_the_same_bytes(signed, package, prompts_file,
 
 
 def test_parquet_only_signed_images_are_checked_in_the_table(ray_session, package, chain, tmp_path, monkeypatch):
+    require_watermark()
     monkeypatch.setenv(CHAIN_ENV, chain["chain"])
     monkeypatch.setenv(KEY_ENV, chain["key"])
     res = run_generate(job(tmp_path, package, count=6, shard_size=3, provenance=SIGNED, formats=["parquet"]),
@@ -454,6 +456,7 @@ def synthetic(channels: int) -> np.ndarray:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_the_watermark_reads_back_from_a_256_px_image(channels):
+    require_watermark()
     img = synthetic(channels)
     payload = watermark.payload_for("deadbeef" + "0" * 56)
     marked, record = watermark.apply(img, payload)
@@ -468,6 +471,19 @@ def test_the_watermark_reads_back_from_a_256_px_image(channels):
 
     with Image.open(io.BytesIO(encode_png(marked))) as im:
         assert watermark.read(np.asarray(im)) == payload
+
+
+def test_a_watermark_without_opencv_is_one_line_before_any_actor(monkeypatch):
+    """Where OpenCV cannot load (no libGL.so.1), asking for a watermark stops the run in the driver, saying how
+    to fix it, instead of failing in every actor."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imwatermark", None)  # what an import that cannot load raises: ImportError
+    spec = validate_job({"name": "x", "generate": {"model": "m", "seeds": {"count": 1},
+                                                   "provenance": {"watermark": {}}}}).generate.provenance
+    with pytest.raises(PipelineError, match="generate.provenance.watermark: the invisible-watermark package cannot "
+                                            "load .*apt-get install libgl1"):
+        provenance_options(spec, {})
 
 
 def test_the_watermark_refuses_small_images_and_says_why():

@@ -110,5 +110,13 @@ def provenance_options(spec: Any, environ: Mapping[str, str] | None = None, chec
             from pipeline.provenance.c2pa import check_signing
 
             check_signing(signing)
-    mark = WatermarkOptions(spec.watermark.method, spec.watermark.min_psnr) if spec.watermark is not None else None
+    mark = None
+    if spec.watermark is not None:
+        try:  # OpenCV under invisible-watermark needs libGL.so.1: say so before any actor starts
+            import imwatermark  # noqa: F401
+        except ImportError as exc:
+            raise PipelineError(f"generate.provenance.watermark: the invisible-watermark package cannot load "
+                                f"({' '.join(str(exc).split())[:120]}); on Debian/Ubuntu: apt-get install libgl1, "
+                                "or pip install opencv-python-headless") from None
+        mark = WatermarkOptions(spec.watermark.method, spec.watermark.min_psnr)
     return ProvenanceOptions(xmp=spec.xmp, include_prompt=spec.include_prompt, c2pa=signing, watermark=mark)
