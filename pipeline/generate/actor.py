@@ -48,8 +48,10 @@ from pipeline.specs.schema import StorageSpec
 from pipeline.storage import REQUEST_KINDS, Store, WorkerEnv, commit_shard, request_delta, sha256
 from pipeline.webdataset import member_records, sample_members, tar_bytes
 
-# The storage requests of committing a shard (Store.requests), as flat numeric columns of the actor's rows.
-REQUEST_KEYS = tuple(f"requests_{k.lower()}" for k in (*REQUEST_KINDS, "retries"))
+# The storage requests of committing a shard (Store.requests), as flat numeric columns of the actor's rows:
+# column name -> the request kind it counts.
+REQUEST_COLUMNS = {f"requests_{k.lower()}": k for k in (*REQUEST_KINDS, "retries")}
+REQUEST_KEYS = tuple(REQUEST_COLUMNS)
 
 
 @dataclass
@@ -83,7 +85,7 @@ class ShardWorker:
     def __init__(self, cfg: ShardConfig):
         import torch
 
-        self._started = time.monotonic()
+        self._mark = (0.0, time.monotonic())  # (CPU-s, time) at the last shard's end: used() counts from here
         cfg.env.apply()
         torch.set_num_threads(cfg.threads)  # actors share the node: one pool, not N x all cores
         if cfg.device.startswith("cuda"):  # the same kernels for the same shapes: bytes independent of timing
@@ -145,7 +147,7 @@ class ShardWorker:
         sent = request_delta(self.store.requests(), before)  # not in the index: retries vary from run to run
         cpu_s, gpu_s = self.used()
         return {"shard": shard, "items": len(items), "files": rec["files"], "bytes": rec["bytes"], "cpu_s": cpu_s,
-                "gpu_s": gpu_s, **{f"requests_{k.lower()}": sent[k] for k in (*REQUEST_KINDS, "retries")}}
+                "gpu_s": gpu_s, **{col: sent[kind] for col, kind in REQUEST_COLUMNS.items()}}
 
     def used(self) -> tuple[float, float]:
         """(CPU-seconds, GPU-seconds) this actor used since its last shard: its process's own CPU time (user +
@@ -155,7 +157,7 @@ class ShardWorker:
 
         ru = resource.getrusage(resource.RUSAGE_SELF)
         cpu, now = ru.ru_utime + ru.ru_stime, time.monotonic()
-        prev_cpu, prev_t = getattr(self, "_mark", (0.0, self._started))
+        prev_cpu, prev_t = self._mark
         self._mark = (cpu, now)
         return round(cpu - prev_cpu, 3), round((now - prev_t) * self.cfg.gpu_share, 3)
 

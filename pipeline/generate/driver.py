@@ -26,7 +26,7 @@ from typing import Any
 from pipeline.catalog.registry import family_of, implementation
 from pipeline.cost import estimate
 from pipeline.errors import PackageError, PipelineError, StorageError, last_error_line, user_error_line
-from pipeline.generate.actor import ShardConfig, ShardWorker
+from pipeline.generate.actor import REQUEST_COLUMNS, ShardConfig, ShardWorker
 from pipeline.generate.plan import ShardPlan, ours, plan_shards
 from pipeline.layout import JOB_FILE, REJECTED
 from pipeline.package import load_package, train_package_uri
@@ -155,7 +155,8 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
         prompts = load_prompts(gen.prompts, job.storage, num_classes=num_classes,
                                prompt_filter=PromptFilter(gen.safety.blocklist, gen.safety.allowlist),
                                labels_required=labels_required, shard_size=gen.shard_size)
-    key = run_key(job, pkg.model_sha256, date, impl.manifest_encoder(pkg.config))
+    encoder = impl.manifest_encoder(pkg.config)
+    key = run_key(job, pkg.model_sha256, date, encoder)
 
     check_output_is_ours(store)  # before the lock file: nothing is written into a folder that is not ours
     with store.lock(on_wait=lambda: log(f"generate: another run is writing {output}; waiting for it to finish")):
@@ -163,7 +164,7 @@ def run_generate(job: JobSpec, *, date: str | None = None, run_id: str | None = 
                                 model_uri=model_uri, model_sha256=pkg.model_sha256, prompts=prompts, key=key, t0=t0,
                                 cpu0=cpu0,
                                 formats=[f for f in gen.formats if f in fam.formats] or list(fam.formats),
-                                options=impl.sampler_options(job), encoder=impl.manifest_encoder(pkg.config))
+                                options=impl.sampler_options(job), encoder=encoder)
 
 
 def _check_family(job: JobSpec, fam: Any, model_uri: str) -> None:
@@ -263,10 +264,9 @@ def _usage(used: dict[str, float], store: Store, driver_cpu: float, n_top: int) 
     """This call's usage: the actors' own CPU- and GPU-seconds (summed from their shard summaries) and the
     driver's CPU time; the requests of the actors' stores and the driver's; the bytes and items it wrote."""
     requests: dict[str, int] = {}
-    for k, v in used.items():
-        if k.startswith("requests_"):
-            kind = k[len("requests_"):].upper().replace("RETRIES", "retries")
-            requests[kind] = requests.get(kind, 0) + int(v)
+    for col, kind in REQUEST_COLUMNS.items():
+        if col in used:
+            requests[kind] = requests.get(kind, 0) + int(used[col])
     for k, v in store.requests().items():  # the driver's own store: listing, indexes, the lock, the job file
         requests[k] = requests.get(k, 0) + int(v)
     if not store.local:  # what publish() is about to PUT: the top-level files, manifest.json, _SUCCESS
@@ -315,7 +315,7 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
         for row in ds.iter_rows():
             bar.update(int(row["items"]))
             for k, v in row.items():
-                if k in ("items", "bytes", "cpu_s", "gpu_s") or k.startswith("requests_"):
+                if k in ("items", "bytes", "cpu_s", "gpu_s") or k in REQUEST_COLUMNS:
                     used[k] = used.get(k, 0) + float(v)
     except (StorageError, PackageError, PipelineError):
         raise

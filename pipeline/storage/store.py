@@ -85,7 +85,9 @@ class Store:
         self.spec = spec or StorageSpec()
         self.counter = RequestCounter()
         self.fs, self.root = open_fs(self.uri, self.spec, self.counter)
-        self.local = "file" in _protocols(self.fs) or "local" in _protocols(self.fs)
+        protocols = _protocols(self.fs)
+        self.local = "file" in protocols or "local" in protocols
+        self._s3 = "s3" in protocols  # once: write() and write_many() ask per object
         # no hook on this backend (gs://, memory://, ...): the store counts its own operations; local disks none
         self._count = not self.local and not self.counter.wire
 
@@ -291,10 +293,6 @@ class Store:
             else:
                 self._note("PUT")
                 self.fs.pipe_file(path, data)  # one PUT: atomic on object stores
-
-    @property
-    def _s3(self) -> bool:
-        return "s3" in _protocols(self.fs)
 
     def _s3_put(self, size: int) -> dict[str, int]:
         """s3fs ``pipe_file`` arguments: one PUT below ``storage.multipart_threshold``, else parts.

@@ -181,7 +181,7 @@ def verify(uri: str, spec: StorageSpec | None = None, *, c2pa: bool = False,
             members.update(index.get("members") or {})
         _check_files(store, expected, report, present, inspect=signed.inspect if signed else None, members=members)
         if signed is not None:
-            signed.finish(store, expected, present, report)
+            signed.finish(store, report)
         _check_counts(manifest, shards, items, expected, report)
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError, StorageError) as exc:
         report.ok = False
@@ -210,7 +210,6 @@ def _check_counts(manifest: dict, shards: dict, items: int, expected: dict, repo
         if counts["files"] != listed:
             report.problems.append(f"manifest.json: counts.files says {counts['files']:,} but its shards list "
                                    f"{listed:,}")
-
 
 
 class _SignedAssets:
@@ -286,12 +285,14 @@ class _SignedAssets:
         for name, body in read_tar(data)[0]:
             if not name.endswith(".png"):
                 continue
-            twin = asset_path(shard, name[: -len(".png")], "png")
-            if twin in self.present and sha256(body) == (self.expected.get(twin) or {}).get("sha256"):
-                continue
-            self._judge(f"{rel}#{name}", body)
+            if not self._copy_of(asset_path(shard, name[: -len(".png")], "png"), body):
+                self._judge(f"{rel}#{name}", body)
 
-    def finish(self, store: Store, expected: dict[str, dict], present: dict[str, dict], report: VerifyReport) -> None:
+    def _copy_of(self, rel: str | None, data: bytes) -> bool:
+        """Whether ``data`` is the very file ``rel`` that the manifest lists and that is present (judged as it)."""
+        return rel in self.present and sha256(data) == (self.expected.get(rel) or {}).get("sha256")
+
+    def finish(self, store: Store, report: VerifyReport) -> None:
         """The Parquet images: each one that is the very file the manifest lists beside it (same sha256, file
         present) was judged as that file; any other is judged here."""
         import pyarrow.parquet as pq
@@ -304,7 +305,7 @@ class _SignedAssets:
             for row in table.to_pylist():
                 image = row.get("image") or {}
                 img, path = image.get("bytes"), image.get("path")
-                if not img or (path in present and sha256(img) == (expected.get(path) or {}).get("sha256")):
+                if not img or self._copy_of(path, img):
                     continue
                 self._judge(f"{rel}#{row.get('item_id')}", img)
         report.c2pa_trust = "trust anchors" if self.anchors is not None else "signatures only"
