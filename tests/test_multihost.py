@@ -193,7 +193,7 @@ def _log(cluster: Cluster, name: str) -> str:
 def _checkpoints(cluster: Cluster, name: str) -> int:
     """Ray Train checkpoints of ``name`` in S3 (their state files), counted from the head host."""
     code = ("import boto3; p = boto3.client('s3').get_paginator('list_objects_v2'); "
-            f"print(sum(o['Key'].endswith('/state.json') and '/checkpoint_' in o['Key'] for page in "
+            f"print(sum(o['Key'].endswith('/state.json') and '/epoch_' in o['Key'] for page in "
             f"p.paginate(Bucket={BUCKET!r}, Prefix='{name}/') for o in page.get('Contents', [])))")
     r = cluster.python(code, timeout=60)
     return int(r.stdout.strip()) if r.returncode == 0 and r.stdout.strip() else 0
@@ -243,7 +243,7 @@ def test_losing_the_worker_host_mid_training_resumes_from_the_last_s3_checkpoint
     is back (a new VM in its place), Ray Train restarts both workers from that checkpoint and the run
     completes; had Ray given up instead, a rerun resumes from the same checkpoint."""
     wd = cluster.job_dir(tmp_path, "losttrain", generate=None,
-                         train={"epochs": 10, "data": {"limit": 512}, "checkpoint": {"keep": 3}})
+                         train={"epochs": 20, "data": {"limit": 512}, "checkpoint": {"keep": 3}})
     sub = cluster.hosts.popen(cluster.head, ["ray", "job", "submit", "--address", cluster.url, "--working-dir",
                                              str(wd), "--", "python", "-m", "pipeline", "run", "job.yaml", "--date",
                                              DATE], "losttrain")
@@ -266,7 +266,7 @@ def test_losing_the_worker_host_mid_training_resumes_from_the_last_s3_checkpoint
     print(log[-4000:])
     lost = [ln for ln in log.splitlines() if "lost Ray node" in ln]
     assert lost and cluster.worker.ip in lost[0], log[-4000:]
-    assert re.search(r"train\s+done .* 10 epochs, 512 images", log), log[-4000:]
+    assert re.search(r"train\s+done .* 20 epochs, 512 images", log), log[-4000:]
 
 
 @pytest.mark.slow
