@@ -299,3 +299,53 @@ def test_an_unreachable_s3_host_fails_in_one_line_and_keeps_committed_shards(clu
     assert again.returncode == 0 and "resuming" in out, out[-3000:]
     counts = cluster.manifest("cutgen")["counts"]
     assert counts["items"] == n and _commits(cluster, "cutgen") == n // 50
+
+
+_GLOO_CHECK = '''
+"""One gloo all-reduce between a process on each host, with or without the interface pinned."""
+import datetime, os, sys
+import ray
+
+@ray.remote(num_cpus=0, resources={"trainer": 1}, max_retries=0)
+def member(rank, master, pin):
+    import torch, torch.distributed as dist
+    from pipeline.train.rendezvous import pin_interfaces
+    if pin:
+        pin_interfaces()
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://{master}:29555", rank=rank, world_size=2,
+                                timeout=datetime.timedelta(seconds=20))
+        t = torch.ones(1)
+        dist.all_reduce(t)
+        dist.destroy_process_group()
+        return f"ok {t.item():g}"
+    except Exception as e:
+        return "failed: " + " ".join(str(e).split())[:300]
+
+ray.init()
+master = ray.util.get_node_ip_address()  # the head's Ray node IP: the store listens there
+pin = sys.argv[1] == "pinned"
+print("RESULT", ray.get([member.remote(r, master, pin) for r in range(2)]))
+'''
+
+
+@pytest.mark.slow
+def test_without_the_interface_pinning_gloo_fails_across_these_hosts(cluster, tmp_path):
+    """The harness really shows the bug: a plain gloo group between the two hosts, left to take its
+    address from the hostname, times out connecting to 127.0.0.1; pinned as every Train worker is
+    (pipeline.train.rendezvous.pin_interfaces), the same all-reduce succeeds."""
+    wd = tmp_path / "gloo"
+    wd.mkdir()
+    (wd / "gloo_check.py").write_text(_GLOO_CHECK)
+    os.chmod(tmp_path, 0o755)
+    results = {}
+    for mode in ("plain", "pinned"):
+        r = cluster.hosts.run(cluster.head, ["ray", "job", "submit", "--address", cluster.url, "--working-dir",
+                                             str(wd), "--", "python", "gloo_check.py", mode], timeout=300)
+        line = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("RESULT")]
+        assert line, (r.stdout + r.stderr)[-3000:]
+        results[mode] = line[0]
+    print(results)
+    plain = results["plain"]
+    assert "failed" in plain and ("127.0.0.1" in plain or "127.0.1.1" in plain), results
+    assert results["pinned"] == "RESULT ['ok 2', 'ok 2']", results
