@@ -303,17 +303,18 @@ def test_an_unreachable_s3_host_fails_in_one_line_and_keeps_committed_shards(clu
 
 _GLOO_CHECK = '''
 """One gloo all-reduce between a process on each host, with or without the interface pinned."""
-import datetime, os, sys
+import datetime, sys
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-@ray.remote(num_cpus=0, resources={"trainer": 1}, max_retries=0)
-def member(rank, master, pin):
+@ray.remote(num_cpus=0, max_retries=0)
+def member(rank, master, port, pin):
     import torch, torch.distributed as dist
     from pipeline.train.rendezvous import pin_interfaces
     if pin:
         pin_interfaces()
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://{master}:29555", rank=rank, world_size=2,
+        dist.init_process_group("gloo", init_method=f"tcp://{master}:{port}", rank=rank, world_size=2,
                                 timeout=datetime.timedelta(seconds=20))
         t = torch.ones(1)
         dist.all_reduce(t)
@@ -323,9 +324,12 @@ def member(rank, master, pin):
         return "failed: " + " ".join(str(e).split())[:300]
 
 ray.init()
-master = ray.util.get_node_ip_address()  # the head's Ray node IP: the store listens there
-pin = sys.argv[1] == "pinned"
-print("RESULT", ray.get([member.remote(r, master, pin) for r in range(2)]))
+head = ray.get_runtime_context().get_node_id()  # rank 0 here: it hosts the store at the head's Ray node IP
+other = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head)
+master, pin = ray.util.get_node_ip_address(), sys.argv[1] == "pinned"
+port = 29555 if pin else 29556
+print("RESULT", ray.get([member.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                         .remote(rank, master, port, pin) for rank, node in enumerate([head, other])]))
 '''
 
 
