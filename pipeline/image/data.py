@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
+from pipeline.audio.data import audio_dataset
 from pipeline.checks import background_rgb, uri_scheme
 from pipeline.errors import PipelineError, StorageError, last_error_line, user_error_line
 from pipeline.specs.schema import DataSpec, StorageSpec
@@ -386,6 +387,8 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
             ds, classes = _digits_dataset(spec, model)
         elif spec.source == "images":
             ds, classes = _images_dataset(spec, model, storage)
+        elif spec.source == "audio":  # clips as their log-mel pictures (pipeline.audio.data)
+            ds, classes = audio_dataset(spec, model, storage)
         else:
             ds, classes = _parquet_dataset(spec, model, storage)
         ds = ds.materialize()

@@ -117,12 +117,15 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
                     storage: StorageSpec | None = None, address: str | None = None,
                     generator: Callable[..., torch.Tensor] | None = None,
                     extra_metrics: Callable[[Any, RealData, Split], dict[str, dict]] | None = None,
+                    published: Callable[[np.ndarray], np.ndarray] | None = None,
                     log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate an image model package at N = ``spec.samples``; reuse ``<package>.eval/n<N>.json`` when it matches.
 
     ``data`` is the real data (default: what the package's model.json names). ``generator`` replaces
     the package's G (tests use it for a "generator" that returns training images). ``extra_metrics(pkg,
     real, split)`` adds a family's own figures (:attr:`EvalResult.extra`), stored with the rest.
+    ``published(images) -> images`` maps G's uint8 samples to the picture of what is published, when
+    that is not the picture itself (an audio family: the log-mel picture of the WAV it writes).
     """
     t0 = time.monotonic()
     data = data or pkg.trained_on()
@@ -147,10 +150,12 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
     extractor = extractor_for(kind, real, split, num_classes, spec.seed, cache_uri=out.uri, storage=storage, log=log)
     g = generator or pkg.build_model()
     fake = sample_images(g, pkg.config, n, spec.seed, sample_labels(real, split, pkg.config))
+    if published is not None:
+        fake = published(fake)
     scores = score_images(fake, real, split, extractor, k=spec.k, quantile=spec.memorization_quantile, seed=spec.seed)
     prompts = None
     if getattr(pkg.config, "text_encoder", None) is not None and kind == "classifier" and generator is None:
-        prompts = prompt_accuracy(g, pkg.config, extractor, n, spec.seed)
+        prompts = prompt_accuracy(g, pkg.config, extractor, n, spec.seed, published)
     result = EvalResult(
         model_uri=pkg.uri, model_sha256=pkg.model_sha256, n=n, key=key,
         extractor={"kind": kind, "uri": extractor.uri,

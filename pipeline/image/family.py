@@ -37,6 +37,8 @@ class ImageFamily(Implementation):
     samples_ext = "png"
     #: ``extra_metrics(pkg, real, split) -> {name: {"value", "label", "note", "gate"}}``: a family's own figures
     extra_metrics: Callable[[Any, RealData, Split], dict] | None = None
+    #: ``published(uint8 images, config) -> uint8 images``: the picture of what is published, when it is not G's
+    published: Callable[[Any, Any], Any] | None = None
 
     # -- training
     def load_data(self, job: Any) -> Any:
@@ -80,7 +82,8 @@ class ImageFamily(Implementation):
     def evaluate(self, package: Any, spec: Any, *, data: Any, storage: Any, address: str | None, log: Any,
                  generator: Any = None) -> Any:
         return evaluate_images(package, spec, data=data, storage=storage, address=address, generator=generator,
-                               extra_metrics=self.extra_metrics, log=log)
+                               extra_metrics=self.extra_metrics, log=log,
+                               published=(lambda x: self.published(x, package.config)) if self.published else None)
 
     def read_results(self, package_uri: str, storage: Any) -> list:
         return read_results(package_uri, storage)
