@@ -16,6 +16,7 @@ do not know.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import numpy as np
@@ -82,7 +83,7 @@ def info_fields(*, job: str, item_id: str, seed: int, model_sha256: str, created
 
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # Hugging Face `datasets` Audio layout
-SCHEMA = pa.schema([
+_COLUMNS = [
     ("item_id", pa.string()),
     ("seed", pa.int64()),
     ("prompt", pa.string()),
@@ -97,4 +98,15 @@ SCHEMA = pa.schema([
     ("model_sha256", pa.string()),
     ("job", pa.string()),
     ("created_at", pa.timestamp("us", tz="UTC")),
-])
+]
+_DTYPE = {pa.float32(): "float32"}  # datasets' Value names where pyarrow's own differ
+
+
+def hf_features(rate: int = 16_000) -> dict:
+    """The Hugging Face ``datasets`` features of the table, which it reads from the schema's ``huggingface``
+    metadata: ``audio`` is an ``Audio`` feature at ``rate``, every other column a ``Value``."""
+    return {name: {"_type": "Audio", "sampling_rate": rate} if name == "audio" else
+            {"dtype": _DTYPE.get(t, str(t)), "_type": "Value"} for name, t in _COLUMNS}
+
+
+SCHEMA = pa.schema(_COLUMNS, metadata={"huggingface": json.dumps({"info": {"features": hf_features()}})})
