@@ -142,8 +142,9 @@ def test_every_wav_opens_in_wave_soundfile_and_sox_with_its_provenance(demo):
         assert info.samplerate == 16000 and info.frames == 16000 and info.subtype == "PCM_16"
         assert b"trainedAlgorithmicMedia" in chunks(path.read_bytes())["_PMX"]
     require_system("/usr/bin/sox", "sox")
-    r = subprocess.run(["sox", "--i", "-r", "-s", str(wavs[0])], capture_output=True, text=True)
-    assert r.stdout.split() == ["16000", "16000"]
+    said = [subprocess.run(["sox", "--i", flag, str(wavs[0])], capture_output=True, text=True).stdout.strip()
+            for flag in ("-r", "-s", "-b")]  # rate, samples, bits
+    assert said == ["16000", "16000", "16"]
 
 
 def test_hugging_face_datasets_reads_the_audio_column(demo, tmp_path):

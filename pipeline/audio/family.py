@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.audio.data import audio_dataset
 from pipeline.audio.sampler import ENCODER, AudioSampler, pictures_to_pcm
 from pipeline.audio.wav import chunks
 from pipeline.errors import PipelineError
@@ -68,6 +69,7 @@ class AudioFamily(ImageFamily):
     """The audio modality's hooks; a family adds ``build``, ``loop``, ``parts``, ``export``, ``describe``."""
 
     published = staticmethod(published_pictures)
+    reader = staticmethod(audio_dataset)
 
     def check_generate(self, job: Any, config: Any, model_uri: str) -> None:
         super().check_generate(job, config, model_uri)

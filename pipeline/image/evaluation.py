@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.image.data import Reader
 from pipeline.image.features import choose_extractor, extractor_for
 from pipeline.image.grid import grid_png
 from pipeline.image.metrics import Copy, prompt_accuracy, sample_images, sample_labels, score_images
@@ -118,21 +119,22 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
                     generator: Callable[..., torch.Tensor] | None = None,
                     extra_metrics: Callable[[Any, RealData, Split], dict[str, dict]] | None = None,
                     published: Callable[[np.ndarray], np.ndarray] | None = None,
-                    log: Callable[[str], None] = print) -> EvalResult:
+                    reader: Reader | None = None, log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate an image model package at N = ``spec.samples``; reuse ``<package>.eval/n<N>.json`` when it matches.
 
     ``data`` is the real data (default: what the package's model.json names). ``generator`` replaces
     the package's G (tests use it for a "generator" that returns training images). ``extra_metrics(pkg,
     real, split)`` adds a family's own figures (:attr:`EvalResult.extra`), stored with the rest.
     ``published(images) -> images`` maps G's uint8 samples to the picture of what is published, when
-    that is not the picture itself (an audio family: the log-mel picture of the WAV it writes).
+    that is not the picture itself (an audio family: the log-mel picture of the WAV it writes);
+    ``reader`` reads the real data of another modality (:func:`pipeline.image.data.load_data`).
     """
     t0 = time.monotonic()
     data = data or pkg.trained_on()
     if data is None:
         raise PipelineError(f"evaluate.data: the model package at {pkg.uri} does not say what data it was trained on; "
                             "set evaluate.data (or run with a job that has train.data)")
-    real = real_data(data, pkg.config, storage, address)
+    real = real_data(data, pkg.config, storage, address, reader)
     if real.count == 0:
         raise PipelineError(f"evaluate.data: {real.source} holds no images")
     kind = choose_extractor(spec.extractor, real)
