@@ -9,6 +9,7 @@ import importlib.util
 import io
 import json
 import subprocess
+import sys
 import wave
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pipeline.cli import app
 from pipeline.specs import SpecError, validate_job
 from pipeline.storage import verify
 
-from helpers import require_system
+from helpers import files_of, require_system
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2026-12-01"
@@ -182,3 +183,78 @@ def test_one_actor_writes_the_same_bytes_as_two(demo):
 
     a, b = files(demo["out"]), files(one)
     assert len(a) == 30 and a == b
+
+
+def test_the_report_has_a_player_and_a_spectrogram_per_card_and_renders_in_chromium(demo, tmp_path):
+    import re
+
+    from pipeline.report.build import build_report
+
+    folder = tmp_path / "r"
+    res = build_report(str(demo["out"]), str(folder), page_size=30, log=lambda s: None)
+    assert res.assets == 30 and res.evals == 1
+    page = (folder / "gallery" / "page-0001.html").read_text()
+    players = re.findall(r"<audio controls preload='none' src='([^']+)'>", page)
+    assert len(players) == 30 and page.count("src='data:image/png;base64,") == 30
+    assert all((folder / "gallery" / p).read_bytes()[:4] == b"RIFF" for p in players)
+    assert "loss.png" in (folder / "index.html").read_text()  # the training curves
+    require_system("/usr/bin/chromium", "chromium")
+    dom = subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom",
+                          (folder / "gallery" / "page-0001.html").as_uri()], check=True, timeout=120,
+                         capture_output=True, text=True).stdout
+    assert 'data-images-broken="0"' in dom and dom.count("<audio") == 30, dom[:300]
+
+
+def gen_job(demo: dict, output: str, count: int, actors: int) -> Path:
+    pkg = next(p for p in (demo["root"] / "models" / "audio-demo").iterdir() if not p.name.endswith(".eval"))
+    spec = {"name": "audio-demo", "storage": {"root": str(demo["root"])},  # the same job: its name is in every WAV
+            "generate": {"model": str(pkg), "seed": 0, "seeds": {"count": count}, "output": output,
+                         "formats": ["wav", "parquet"], "shard_size": 10,
+                         "scaling": {"num_actors": actors, "batch_size": 4}}}
+    job = demo["root"] / f"{output.split('/')[-2]}.yaml"
+    job.write_text(json.dumps(spec))
+    return job
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_killed_audio_run_resumes_to_the_same_bytes(demo):
+    """SIGKILL the `aigc generate` driver after 2 of 12 shards; the rerun resumes and equals a clean run."""
+    import os
+    import signal
+    import time
+
+    import ray
+
+    from pipeline.generate import run_generate
+    from pipeline.specs import load_job
+
+    killed = gen_job(demo, "{root}/generated/killed/{date}", 120, 2)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)  # the driver joins this cluster
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "generate", str(killed), "--date", DATE], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out = demo["root"] / "generated" / "killed" / DATE
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((out / "_shards").glob("*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    committed = len(list((out / "_shards").glob("*.json")))
+    assert not (out / "_SUCCESS").exists() and 2 <= committed < 12
+    said: list[str] = []
+    res = run_generate(load_job(killed), date=DATE, progress=False, log=said.append)
+    assert res.shards_skipped >= committed and "already committed" in said[0] and verify(res.output).ok
+    clean = run_generate(load_job(gen_job(demo, "{root}/generated/clean/{date}", 120, 1)), date=DATE, progress=False)
+    assert len(list(out.rglob("*.wav"))) == 120 and files_of(res.output) == files_of(clean.output)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_corpus_check_rebuilds_the_recorded_corpus():
+    require_system("/usr/bin/espeak-ng", "espeak-ng")
+    r = subprocess.run([sys.executable, str(ROOT / "jobs/corpus/build_spoken_digits.py"), "--check"],
+                       capture_output=True, text=True, timeout=500)
+    assert r.returncode == 0 and "identical (1,000 clips" in r.stdout, r.stdout + r.stderr
