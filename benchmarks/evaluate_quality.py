@@ -84,7 +84,7 @@ def calibrate(pkg, spec: EvaluateSpec, extractor_uri: str) -> None:
     """Score perturbed held-out real images against the same reference set and extractor."""
     import torch.nn.functional as F
 
-    real = real_data(_data_spec(pkg), pkg.config)
+    real = real_data(_data_spec(pkg), pkg.config, reader=_reader(pkg))
     split = split_real(real, spec.samples, spec.seed)
     ex = load_extractor(extractor_uri)
     held = real.images[split.heldout].astype(np.float64)
@@ -125,7 +125,7 @@ def main() -> int:
             results[name] = res
             rows.append((name, res.model, time.monotonic() - t0))
         # the copy "generator": held-out images' own classes, pixels straight from the training set
-        real = real_data(_data_spec(trained), trained.config)
+        real = real_data(_data_spec(trained), trained.config, reader=_reader(trained))
         copier = TrainingImages(real.images)
         res = evaluate_package(args.model, spec, generator=copier, log=lambda s: print(s, file=sys.stderr))
         rows.append(("training images", res.model, 0.0))
@@ -151,6 +151,13 @@ def main() -> int:
     if args.grid:
         grid(args.model, args.grid)
     return 0
+
+
+def _reader(pkg):
+    """The family's own data reader (an audio family's), or None for image data."""
+    from pipeline.catalog.registry import implementation
+
+    return getattr(implementation(pkg.config), "reader", None)
 
 
 def _data_spec(pkg):

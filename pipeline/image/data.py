@@ -393,8 +393,11 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
             ds, classes = _digits_dataset(spec, model)
         elif spec.source == "images":
             ds, classes = _images_dataset(spec, model, storage)
-        else:
+        elif spec.source == "parquet":
             ds, classes = _parquet_dataset(spec, model, storage)
+        else:  # another modality's source needs its family's reader
+            raise PipelineError(f"train.data.source: '{spec.source}' is not an image source (digits, images, "
+                                "parquet); the model's family reads it")
         ds = ds.materialize()
         where = spec.uri or "digits"
         if ds.count() == 0:
