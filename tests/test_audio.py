@@ -108,6 +108,39 @@ def test_the_family_is_registered_and_refuses_what_wav_does_not_carry():
         validate_job({"name": "a", "train": {"data": {"source": "digits"}, "model": {"arch": "specgan"}}})
 
 
+def test_user_audio_from_a_folder_of_wav_and_flac_or_from_parquet_reads_as_the_same_pictures(ray_session, tmp_path):
+    """Classes from subfolders, FLAC at 22.05 kHz resampled, stereo mixed down; Parquet's {bytes, path} column
+    (the Hugging Face layout) gives the same pictures and labels; a bad file is one line naming it."""
+    import pyarrow as pa
+    import soundfile as sf
+
+    from pipeline.audio.data import audio_dataset
+    from pipeline.errors import PipelineError
+    from pipeline.image.data import load_data, read_all
+    from pipeline.specs import DataSpec
+
+    t = np.arange(22050) / 22050
+    clips = {"hum": np.sin(2 * np.pi * 220 * t), "hiss": np.random.default_rng(0).standard_normal(22050) * 0.1}
+    rows = []
+    for label, (name, x) in enumerate(sorted(clips.items())):
+        (tmp_path / "folder" / name).mkdir(parents=True)
+        sf.write(tmp_path / "folder" / name / "a.flac", np.stack([x, x], 1) * 0.5, 22050)
+        buf = io.BytesIO()
+        sf.write(buf, np.stack([x, x], 1) * 0.5, 22050, format="FLAC")
+        rows.append({"audio": {"bytes": buf.getvalue(), "path": f"{name}.flac"}, "label": label})
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "clips.parquet")
+    model = parse_config({"arch": "specgan", "conditional": True, "num_classes": 2})
+    folder = load_data(DataSpec(source="audio", uri=str(tmp_path / "folder")), model, reader=audio_dataset)
+    table = load_data(DataSpec(source="audio", uri=str(tmp_path / "clips.parquet")), model, reader=audio_dataset)
+    assert folder.classes == ["hiss", "hum"] and folder.count == table.count == 2
+    (xa, ya), (xb, yb) = read_all(folder.dataset), read_all(table.dataset)
+    assert xa.shape == (2, 1, 64, 64) and sorted(ya.tolist()) == sorted(yb.tolist()) == [0, 1]
+    assert sorted(map(bytes, xa.numpy())) == sorted(map(bytes, xb.numpy()))  # same pictures either way
+    (tmp_path / "folder" / "hum" / "b.wav").write_bytes(b"RIFF....WAVEnot audio")
+    with pytest.raises(PipelineError, match=r"hum/b.wav: not a decodable WAV/FLAC file"):
+        load_data(DataSpec(source="audio", uri=str(tmp_path / "folder")), model, reader=audio_dataset)
+
+
 # --------------------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def demo(ray_session, tmp_path_factory):
