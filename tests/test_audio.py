@@ -231,7 +231,7 @@ def test_the_report_has_a_player_and_a_spectrogram_per_card_and_renders_in_chrom
     res = build_report(str(demo["out"]), str(folder), page_size=30, log=lambda s: None)
     assert res.assets == 30 and res.evals == 1
     page = (folder / "gallery" / "page-0001.html").read_text()
-    players = re.findall(r"<audio controls preload='none' src='([^']+)'>", page)
+    players = re.findall(r"<audio controls preload='none' style='width:100%' src='([^']+)'>", page)
     assert len(players) == 30 and page.count("src='data:image/png;base64,") == 30
     assert all((folder / "gallery" / p).read_bytes()[:4] == b"RIFF" for p in players)
     assert "loss.png" in (folder / "index.html").read_text()  # the training curves

@@ -102,6 +102,6 @@ class AudioFamily(ImageFamily):
     def card(self, asset: Asset, file_rel: str | None) -> str:
         thumb = base64.b64encode(spectrogram_png(asset.data)).decode() if asset.data else ""
         return (f"<div class='card'><img class='px' src='data:image/png;base64,{thumb}' alt='log-mel spectrogram of "
-                f"{esc(asset.item_id)}' width='128' height='128'><audio controls preload='none' "
+                f"{esc(asset.item_id)}' width='128' height='128'><audio controls preload='none' style='width:100%' "
                 f"src='{src(file_rel or '')}'></audio><table>{provenance_rows(asset.meta, PROVENANCE_KEYS)}</table>"
                 "</div>")
