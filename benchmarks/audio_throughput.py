@@ -112,6 +112,8 @@ def main() -> int:
     print(f"  pipeline (2 actors x 1 thread, shards of {SHARD}): {args.n / pipe_s:,.1f} clips/s ({pipe_s:.1f} s, "
           f"actor start and publish included; Ray start-up {ray_start:.1f} s apart)")
     print(f"  ratio pipeline / plain: {one_s / pipe_s:.2f}x")
+    print("  rounds (s): plain " + " ".join(f"{x:.1f}" for x in one) + " | pipeline "
+          + " ".join(f"{x:.1f}" for x in pipe))
     return 0
 
 

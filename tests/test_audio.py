@@ -298,3 +298,37 @@ def test_the_corpus_check_rebuilds_the_recorded_corpus():
     r = subprocess.run([sys.executable, str(ROOT / "jobs/corpus/build_spoken_digits.py"), "--check"],
                        capture_output=True, text=True, timeout=500)
     assert r.returncode == 0 and "identical (1,000 clips" in r.stdout, r.stdout + r.stderr
+
+
+def specgan_spec(root: Path, corpus: Path, name: str, epochs: int) -> dict:
+    return {"name": name, "storage": {"root": str(root)},
+            "train": {"data": {"source": "audio", "uri": str(corpus)},
+                      "model": {"arch": "specgan", "z_dim": 8, "g_width": 8, "d_width": 8, "conditional": True,
+                                "g_upsample": "nearest", "d_minibatch_std": True, "text_encoder": {"buckets": 1024}},
+                      "ema": 0.99, "r1": 1.0, "r1_every": 2, "epochs": epochs, "batch_size": 8, "seed": 3,
+                      "scaling": {"num_workers": 2}}}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_specgan_resume_2_plus_2_epochs_is_bit_identical_to_4(ray_session, tmp_path):
+    """The DCGAN loop's exact resume holds for the audio family: DDP on 2 workers, EMA, R1, speech captions."""
+    import shutil
+
+    from pipeline.families.dcgan.loop import PARTS
+    from pipeline.train.checkpoint import load_checkpoint
+    from pipeline.train.driver import train
+
+    require_system("/usr/bin/espeak-ng", "espeak-ng")
+    corpus_module().build(tmp_path / "corpus", per_class=4)
+    full = train(validate_job(specgan_spec(tmp_path, tmp_path / "corpus", "full", 4)))
+    assert full.epochs == 4 and "40 clips" in full.detail
+    train(validate_job(specgan_spec(tmp_path, tmp_path / "corpus", "half", 2)))
+    shutil.rmtree(tmp_path / "models" / "half")  # the 2-epoch spec's package; the 4-epoch one differs anyway
+    res = train(validate_job(specgan_spec(tmp_path, tmp_path / "corpus", "half", 4)))
+    assert res.resumed_from == 1 and res.epochs_run == [2, 3]
+    resumed = load_checkpoint(str(tmp_path / "checkpoints" / "half" / "epoch_0003"), parts=PARTS)
+    straight = load_checkpoint(str(tmp_path / "checkpoints" / "full" / "epoch_0003"), parts=PARTS)
+    for a, b in ((resumed.models, straight.models), (resumed.optim, straight.optim)):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss_G"] for h in resumed.state["history"]] == [h["loss_G"] for h in straight.state["history"]]

@@ -238,12 +238,15 @@ def exported_generator(ck: LoadedCheckpoint, t: TrainSpec) -> nn.Module:
 
 def restore_optimizers(ck: LoadedCheckpoint, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                        t: TrainSpec) -> None:
-    for name, opt, lr in (("G", opt_g, t.lr_g), ("D", opt_d, t.lr_d)):
+    for name, opt in (("G", opt_g), ("D", opt_d)):
+        # the spec is the source of truth for hyper-parameters: each group's learning rate as make_optimizers set
+        # it from the spec (G's text encoder has its own, train.model.text_encoder.lr), not one rate for all
+        lrs = [group["lr"] for group in opt.param_groups]
         try:
             opt.load_state_dict(ck.optimizer_state(name))
         except (ValueError, KeyError, RuntimeError) as exc:
             raise PipelineError(f"{ck.where}/{OPTIM_FILE}: {name} optimizer state does not fit ({exc})") from None
-        for group in opt.param_groups:  # the spec is the source of truth for hyper-parameters
+        for group, lr in zip(opt.param_groups, lrs):
             group["lr"], group["betas"] = lr, (t.beta1, t.beta2)
 
 
