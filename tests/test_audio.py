@@ -206,7 +206,7 @@ def test_one_actor_writes_the_same_bytes_as_two(demo):
             "generate": {"model": str(pkg), "seed": 0, "seeds": {"count": 20},
                          "output": "{root}/generated/one-actor/{date}",
                          "prompts": {"uri": str(ROOT / "jobs/prompts/say.jsonl"), "samples_per_prompt": 1},
-                         "formats": ["wav", "parquet"], "shard_size": 10,
+                         "formats": ["wav", "parquet", "webdataset"], "shard_size": 10,
                          "scaling": {"num_actors": 1, "batch_size": 4}}}
     job = demo["root"] / "one.yaml"
     job.write_text(json.dumps(spec))
@@ -219,6 +219,13 @@ def test_one_actor_writes_the_same_bytes_as_two(demo):
 
     a, b = files(demo["out"]), files(one)
     assert len(a) == 30 and a == b
+    import tarfile  # ... and with webdataset, each shard's tar holds every item's WAV and JSON row
+
+    with tarfile.open(one / "images" / "s000000.tar") as tar:
+        names = tar.getnames()
+        assert names[:2] == ["s000000000000.wav", "s000000000000.json"] and len(names) == 20
+        assert tar.extractfile(names[0]).read() == b["images/s000000/s000000000000.wav"]
+    assert verify(str(one)).ok
 
 
 @pytest.mark.timeout(300)  # the module's demo run: 49 s on a quiet box, 136 s on a busy one
