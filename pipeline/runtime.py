@@ -7,8 +7,11 @@ environment before Ray starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import threading
+from typing import Callable, Iterator
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -73,3 +76,47 @@ def quiet_ray_data() -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.verbose_stats_logs = False
+
+
+@contextlib.contextmanager
+def watch_nodes(stage: str, then: str, log: Callable[[str], None] | None = None,
+                every_s: float = 2.0) -> Iterator[None]:
+    """While the block runs, say in one line each time a Ray node of the cluster dies (a lost host, a cut
+    link): which node, how many are left and ``then``, what the stage does about it. The run itself goes
+    on; Ray retries the lost work. Polls the GCS's node table every ``every_s`` seconds."""
+    import ray
+
+    if log is None:
+        from pipeline.terminal import say as log
+
+    def alive() -> dict[str, str]:
+        return {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+
+    try:
+        seen = alive()
+    except Exception:  # noqa: BLE001 - no node table to watch: run the stage unwatched
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        known = dict(seen)
+        while not stop.wait(every_s):
+            try:
+                now = alive()
+            except Exception:  # noqa: BLE001 - the GCS is busy or gone; the stage reports its own failure
+                continue
+            for node_id, ip in known.items():
+                if node_id not in now:
+                    log(f"warning: {stage}: lost Ray node {ip} ({len(now)} of {len(known)} nodes left); {then}")
+            known.update(now)
+            for node_id in [k for k in known if k not in now]:
+                del known[node_id]
+
+    t = threading.Thread(target=watch, name=f"aigc-{stage}-nodes", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(timeout=every_s + 5)

@@ -160,6 +160,7 @@ def test_no_comment_points_at_a_document_outside_the_repository():
     assert hits == []
 
 
+@pytest.mark.slow  # the default suite's time budget (README: the suite); make test-slow runs it
 def test_gpu_check_runs_its_cpu_safe_parts():
     """benchmarks/gpu_check.sh --dry-run: the GPU check's training, generation, ceiling and byte-identity
     paths on the CPU at tiny sizes, through the script a GPU machine runs."""

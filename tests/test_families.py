@@ -92,6 +92,7 @@ def test_the_mlp_gan_is_exactly_the_seed_articles():
     assert g(torch.randn(3, 100)).shape == (3, 1, 28, 28)
 
 
+@pytest.mark.slow  # the default suite's time budget (README: the suite); make test-slow runs it
 def test_mlp_gan_trains_evaluates_and_generates_through_aigc_run(ray_session, tmp_path):
     spec = {"name": "mlp", "storage": {"root": str(tmp_path)},
             "train": {"data": {"limit": 256}, "epochs": 1, "batch_size": 32, "model": {"arch": "mlp-gan"}},
@@ -148,6 +149,7 @@ def test_vae_trains_with_ddp_and_exports_a_package(vae_run):
     assert x.shape == (2, 1, 32, 32) and x.abs().max() <= 1
 
 
+@pytest.mark.slow  # the default suite's time budget (README: the suite); make test-slow runs it
 def test_vae_resume_2_plus_2_epochs_is_bit_identical_to_4(vae_run, tmp_path):
     root = vae_run["root"]
     train(validate_job(vae_spec(root, "half", epochs=2)))

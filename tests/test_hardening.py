@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,12 @@ def test_s3_secret_reaches_no_file_of_the_ray_session_through_aigc_run(moto_serv
             except OSError:  # a socket
                 continue
         assert leaks == []
+        # nor in the run's own log, where Ray's output went (its path is the run's last line)
+        log = re.search(r"^log: (\S+)$", r.stdout + r.stderr, re.M)
+        assert log and Path(log.group(1)).is_file(), r.stdout[-1000:] + r.stderr[-1000:]
+        text = Path(log.group(1)).read_text(errors="replace")
+        assert "(raylet)" in text or "Ray" in text  # it really holds Ray's lines
+        assert secret not in text
         # nor in any object the run wrote
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)

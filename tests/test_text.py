@@ -438,6 +438,7 @@ def test_trained_model_beats_the_unigram_baseline(demo_run):
                                        / "page-0001.html").read_text()
 
 
+@pytest.mark.slow  # the default suite's time budget (README: the suite); make test-slow runs it
 def test_text_resume_equals_an_uninterrupted_run(demo_run, tmp_path):
     """1 epoch through the CLI, then the same spec to 2 epochs: weights, AdamW state and history equal
     the demo run's bit for bit (every draw is a function of (seed, epoch, rank), RNG states are restored)."""

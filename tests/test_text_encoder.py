@@ -196,6 +196,7 @@ def test_prompt_accuracy_is_measured_and_gated(text_package, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- the job, through Ray Train
+@pytest.mark.slow  # the default suite's time budget (README: the suite); make test-slow runs it
 def test_prompts_demo_job_runs_at_tiny_size(ray_session, tmp_path):
     """jobs/prompts-demo.yaml end to end at tiny size: train (Ray Train, DDP) → evaluate → generate."""
     overrides = [f"storage.root={tmp_path}", "train.epochs=2", "train.data.limit=400", "train.batch_size=32",

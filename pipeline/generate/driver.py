@@ -281,7 +281,7 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
                 options: Any) -> dict[str, float]:
     import ray
 
-    from pipeline.runtime import ensure_ray
+    from pipeline.runtime import ensure_ray, watch_nodes
 
     gen = job.generate
     assert gen is not None
@@ -312,11 +312,12 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
     )
     used: dict[str, float] = {}  # summed over the shards: items, bytes, the actors' cpu_s/gpu_s, requests_*
     try:
-        for row in ds.iter_rows():
-            bar.update(int(row["items"]))
-            for k, v in row.items():
-                if k in ("items", "bytes", "cpu_s", "gpu_s") or k in REQUEST_COLUMNS:
-                    used[k] = used.get(k, 0) + float(v)
+        with watch_nodes("generate", "its shards in flight are redone on the nodes left; committed ones are kept"):
+            for row in ds.iter_rows():
+                bar.update(int(row["items"]))
+                for k, v in row.items():
+                    if k in ("items", "bytes", "cpu_s", "gpu_s") or k in REQUEST_COLUMNS:
+                        used[k] = used.get(k, 0) + float(v)
     except (StorageError, PackageError, PipelineError):
         raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the cause in one line

@@ -38,6 +38,7 @@ import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything 
 from pipeline.catalog.registry import implementation
 from pipeline.errors import PipelineError, user_error_line
 from pipeline.package import MODEL_JSON, export_package, train_package_uri, train_version
+from pipeline.runtime import watch_nodes
 from pipeline.specs.schema import JobSpec, TrainSpec
 from pipeline.storage import StorageError, Store, absolute_uri, is_published, package_versions, worker_env
 from pipeline.train.checkpoint import LoadedCheckpoint, load_checkpoint
@@ -180,7 +181,9 @@ def _run_fit(job: JobSpec, run: RunLocation, data: Any, on_progress: Callable[[P
     if pumper:
         pumper.start()
     try:
-        return trainer.fit()
+        with watch_nodes("train", "Ray Train restarts the workers from the last checkpoint once the cluster has "
+                                  "room for them"):
+            return trainer.fit()
     except PipelineError:
         raise
     except Exception as exc:  # noqa: BLE001 - TrainingFailedError and friends

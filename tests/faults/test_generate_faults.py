@@ -41,6 +41,7 @@ def wide_pkg(tmp_path_factory):
     return make_package(tmp_path_factory.mktemp("pkg") / "wide", width=64)
 
 
+@pytest.mark.slow  # the default suite's time budget (README: the suite); make test-slow runs it
 def test_s3_dies_mid_generate_then_rerun_completes(ray_session, s3_env, wide_pkg, tmp_path):
     """The S3 link is cut while shards are being written: a clear failure, no _SUCCESS; once the
     server is back, the same command finishes and equals a clean run."""
