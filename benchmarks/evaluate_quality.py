@@ -84,7 +84,7 @@ def calibrate(pkg, spec: EvaluateSpec, extractor_uri: str) -> None:
     """Score perturbed held-out real images against the same reference set and extractor."""
     import torch.nn.functional as F
 
-    real = real_data(_data_spec(pkg), pkg.config)
+    real = real_data(_data_spec(pkg), pkg.config, reader=_reader(pkg))
     split = split_real(real, spec.samples, spec.seed)
     ex = load_extractor(extractor_uri)
     held = real.images[split.heldout].astype(np.float64)
@@ -125,10 +125,13 @@ def main() -> int:
             results[name] = res
             rows.append((name, res.model, time.monotonic() - t0))
         # the copy "generator": held-out images' own classes, pixels straight from the training set
-        real = real_data(_data_spec(trained), trained.config)
+        real = real_data(_data_spec(trained), trained.config, reader=_reader(trained))
         copier = TrainingImages(real.images)
         res = evaluate_package(args.model, spec, generator=copier, log=lambda s: print(s, file=sys.stderr))
         rows.append(("training images", res.model, 0.0))
+        inverse = _through_the_inverse(trained, spec, real, results["trained"].extractor["uri"])
+        if inverse is not None:
+            rows.append(("real, published", inverse[0], 0.0))
         extractor_shas = {hashlib.sha256(Path(r.extractor["uri"], "extractor.safetensors").read_bytes()).hexdigest()
                           for r in results.values()}
 
@@ -143,6 +146,13 @@ def main() -> int:
         print(f"{name:<18}{m.fld:>9.2f}{m.fld / floor.fld:>10.2f}x{score:>8}{m.precision:>11.3f}{m.recall:>8.3f}"
               f"{m.memorization:>10.1%}")
     print(f"feature extractor identical across packages: {len(extractor_shas) == 1}")
+    if inverse is not None:
+        print(f"classifier accuracy on held-out real samples: {inverse[1]:.1%} as they are, {inverse[2]:.1%} as "
+              "published (through the family's inverse: the ceiling of prompt accuracy)")
+    for name, res in results.items():
+        if res.prompts:
+            print(f"prompt accuracy ({name}, held-out phrasings, N={res.prompts['n']:,}): "
+                  f"{res.prompts['accuracy']:.1%} (text encoder alone {res.prompts['encoder_accuracy']:.1%})")
     if args.json:
         Path(args.json).write_text(json.dumps({"floor": floor.to_json(), **{n: m.to_json() for n, m, _ in rows},
                                                "n": first.n, "threshold": first.threshold}, indent=1))
@@ -151,6 +161,30 @@ def main() -> int:
     if args.grid:
         grid(args.model, args.grid)
     return 0
+
+
+def _through_the_inverse(pkg, spec: EvaluateSpec, real, extractor_uri: str):
+    """For a family that publishes something else than G's picture (audio: the WAV's log-mel picture), the
+    held-out real samples as they would be published: (their metrics, classifier accuracy before, after)."""
+    from pipeline.catalog.registry import implementation
+
+    published = getattr(implementation(pkg.config), "published", None)
+    if published is None or not real.labelled:
+        return None
+    split = split_real(real, spec.samples, spec.seed)
+    ex = load_extractor(extractor_uri)
+    held, labels = real.images[split.heldout], real.labels[split.heldout]
+    through = published(held, pkg.config)
+    s = score_images(through, real, split, ex, k=spec.k, quantile=spec.memorization_quantile, seed=spec.seed)
+    return (s.model, float((ex.probs(held).argmax(1) == labels).mean()),
+            float((ex.probs(through).argmax(1) == labels).mean()))
+
+
+def _reader(pkg):
+    """The family's own data reader (an audio family's), or None for image data."""
+    from pipeline.catalog.registry import implementation
+
+    return getattr(implementation(pkg.config), "reader", None)
 
 
 def _data_spec(pkg):

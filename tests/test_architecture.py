@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "pipeline"
-FAMILY_NAMES = ("dcgan", "bytegpt", "mlp-gan", "mlpgan", "vae")
+FAMILY_NAMES = ("dcgan", "bytegpt", "mlp-gan", "mlpgan", "vae", "specgan")
 
 
 def module_name(path: Path) -> str:

@@ -18,6 +18,7 @@ from pipeline.catalog.base import Family, ModelConfig
 from pipeline.catalog.bytegpt import FAMILY as BYTEGPT
 from pipeline.catalog.dcgan import FAMILY as DCGAN
 from pipeline.catalog.mlpgan import FAMILY as MLPGAN
+from pipeline.catalog.specgan import FAMILY as SPECGAN
 from pipeline.catalog.vae import FAMILY as VAE
 
 ENTRY_POINT_GROUP = "aigc.families"
@@ -56,7 +57,7 @@ def _load_entry_points() -> None:
             _BROKEN[ep.name] = f"{ep.value}: {type(exc).__name__}: {first}"
 
 
-for _builtin in (DCGAN, MLPGAN, VAE, BYTEGPT):
+for _builtin in (DCGAN, MLPGAN, VAE, BYTEGPT, SPECGAN):
     register(_builtin)
 _load_entry_points()
 

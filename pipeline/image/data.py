@@ -35,7 +35,7 @@ import io
 import logging
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ from pipeline.storage import absolute_uri, open_fs
 # `model` below is an image family's configuration: what is read is its image_size and channels,
 # and, when it is conditional, its num_classes (the range labels must lie in).
 ModelSpec = Any
+# a modality's own source: (train.data, model, storage) -> (Ray Data dataset of the rows above, class names)
+Reader = Callable[[DataSpec, Any, Any], tuple[Any, list[str]]]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NO_LABEL = -1
@@ -373,21 +375,29 @@ def _quiet_ray_data():
         log.setLevel(level)
 
 
-def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = None) -> TrainData:
+def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = None,
+              reader: Reader | None = None) -> TrainData:
     """Read, decode and resize the training data once through Ray Data; returns it materialized.
 
+    ``reader(spec, model, storage) -> (dataset, classes)`` reads a source of another modality into the
+    same rows (an audio family's clips as their log-mel pictures, :mod:`pipeline.audio.data`).
     Needs a running Ray (see :func:`pipeline.runtime.ensure_ray`).
     """
     if spec.uri and uri_scheme(spec.uri) == "memory":
         raise PipelineError(f"train.data.uri: {spec.uri}: memory:// lives in one process; Ray workers cannot read it "
                             "(use a local path, s3:// or gs://)")
     with _quiet_ray_data(), _ray_errors(spec.uri or "digits"):
-        if spec.source == "digits":
+        if reader is not None:
+            ds, classes = reader(spec, model, storage)
+        elif spec.source == "digits":
             ds, classes = _digits_dataset(spec, model)
         elif spec.source == "images":
             ds, classes = _images_dataset(spec, model, storage)
-        else:
+        elif spec.source == "parquet":
             ds, classes = _parquet_dataset(spec, model, storage)
+        else:  # another modality's source needs its family's reader
+            raise PipelineError(f"train.data.source: '{spec.source}' is not an image source (digits, images, "
+                                "parquet); the model's family reads it")
         ds = ds.materialize()
         where = spec.uri or "digits"
         if ds.count() == 0:

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.image.data import Reader
 from pipeline.image.features import choose_extractor, extractor_for
 from pipeline.image.grid import grid_png
 from pipeline.image.metrics import Copy, prompt_accuracy, sample_images, sample_labels, score_images
@@ -117,19 +118,23 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
                     storage: StorageSpec | None = None, address: str | None = None,
                     generator: Callable[..., torch.Tensor] | None = None,
                     extra_metrics: Callable[[Any, RealData, Split], dict[str, dict]] | None = None,
-                    log: Callable[[str], None] = print) -> EvalResult:
+                    published: Callable[[np.ndarray], np.ndarray] | None = None,
+                    reader: Reader | None = None, log: Callable[[str], None] = print) -> EvalResult:
     """Evaluate an image model package at N = ``spec.samples``; reuse ``<package>.eval/n<N>.json`` when it matches.
 
     ``data`` is the real data (default: what the package's model.json names). ``generator`` replaces
     the package's G (tests use it for a "generator" that returns training images). ``extra_metrics(pkg,
     real, split)`` adds a family's own figures (:attr:`EvalResult.extra`), stored with the rest.
+    ``published(images) -> images`` maps G's uint8 samples to the picture of what is published, when
+    that is not the picture itself (an audio family: the log-mel picture of the WAV it writes);
+    ``reader`` reads the real data of another modality (:func:`pipeline.image.data.load_data`).
     """
     t0 = time.monotonic()
     data = data or pkg.trained_on()
     if data is None:
         raise PipelineError(f"evaluate.data: the model package at {pkg.uri} does not say what data it was trained on; "
                             "set evaluate.data (or run with a job that has train.data)")
-    real = real_data(data, pkg.config, storage, address)
+    real = real_data(data, pkg.config, storage, address, reader)
     if real.count == 0:
         raise PipelineError(f"evaluate.data: {real.source} holds no images")
     kind = choose_extractor(spec.extractor, real)
@@ -147,10 +152,12 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
     extractor = extractor_for(kind, real, split, num_classes, spec.seed, cache_uri=out.uri, storage=storage, log=log)
     g = generator or pkg.build_model()
     fake = sample_images(g, pkg.config, n, spec.seed, sample_labels(real, split, pkg.config))
+    if published is not None:
+        fake = published(fake)
     scores = score_images(fake, real, split, extractor, k=spec.k, quantile=spec.memorization_quantile, seed=spec.seed)
     prompts = None
     if getattr(pkg.config, "text_encoder", None) is not None and kind == "classifier" and generator is None:
-        prompts = prompt_accuracy(g, pkg.config, extractor, n, spec.seed)
+        prompts = prompt_accuracy(g, pkg.config, extractor, n, spec.seed, published)
     result = EvalResult(
         model_uri=pkg.uri, model_sha256=pkg.model_sha256, n=n, key=key,
         extractor={"kind": kind, "uri": extractor.uri,

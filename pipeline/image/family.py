@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from pipeline.catalog.base import Implementation
 from pipeline.errors import PipelineError
-from pipeline.image.data import load_data
+from pipeline.image.data import Reader, load_data
 from pipeline.image.evaluation import evaluate_images, read_results
 from pipeline.image.realdata import RealData, Split
 from pipeline.image.sampler import ENCODER, ImageSampler
@@ -37,10 +37,15 @@ class ImageFamily(Implementation):
     samples_ext = "png"
     #: ``extra_metrics(pkg, real, split) -> {name: {"value", "label", "note", "gate"}}``: a family's own figures
     extra_metrics: Callable[[Any, RealData, Split], dict] | None = None
+    #: ``published(uint8 images, config) -> uint8 images``: the picture of what is published, when it is not G's
+    published: Callable[[Any, Any], Any] | None = None
+    #: ``reader(train.data, model, storage) -> (dataset, classes)``: a modality's own data source
+    #: (see :func:`pipeline.image.data.load_data`); None: digits, image folders and Parquet images
+    reader: Reader | None = None
 
     # -- training
     def load_data(self, job: Any) -> Any:
-        return load_data(job.train.data, job.train.model, job.storage)
+        return load_data(job.train.data, job.train.model, job.storage, self.reader)
 
     def check_data(self, job: Any, data: Any) -> None:
         t = job.train
@@ -80,7 +85,8 @@ class ImageFamily(Implementation):
     def evaluate(self, package: Any, spec: Any, *, data: Any, storage: Any, address: str | None, log: Any,
                  generator: Any = None) -> Any:
         return evaluate_images(package, spec, data=data, storage=storage, address=address, generator=generator,
-                               extra_metrics=self.extra_metrics, log=log)
+                               extra_metrics=self.extra_metrics, log=log, reader=self.reader,
+                               published=(lambda x: self.published(x, package.config)) if self.published else None)
 
     def read_results(self, package_uri: str, storage: Any) -> list:
         return read_results(package_uri, storage)

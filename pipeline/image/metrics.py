@@ -24,7 +24,7 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.image.features import FeatureExtractor
 from pipeline.image.realdata import RealData, Split
-from pipeline.models.text_encoder import HELDOUT_TEMPLATES, VERSION, class_words
+from pipeline.models.text_encoder import HELDOUT_TEMPLATES, VERSION, class_words, phrasing
 
 # `model` below is an image family's configuration: its z_dim and, when conditional, num_classes and
 # text_encoder are what is read.
@@ -231,25 +231,27 @@ def score_images(fake: np.ndarray, real: RealData, split: Split, extractor: Feat
                   copies=copies)
 
 
-def heldout_prompts(classes: list[str], n: int) -> tuple[list[str], np.ndarray]:
+def heldout_prompts(classes: list[str], n: int,
+                    templates: tuple[str, ...] = HELDOUT_TEMPLATES) -> tuple[list[str], np.ndarray]:
     """N prompts in phrasings no training caption used, cycling classes, then phrasings and class words."""
     prompts, targets = [], []
     for i in range(n):
         c, j = i % len(classes), i // len(classes)
         words = class_words(classes[c])
-        prompts.append(HELDOUT_TEMPLATES[j % len(HELDOUT_TEMPLATES)].format(
-            w=words[(j // len(HELDOUT_TEMPLATES)) % len(words)]))
+        prompts.append(templates[j % len(templates)].format(w=words[(j // len(templates)) % len(words)]))
         targets.append(c)
     return prompts, np.asarray(targets, np.int64)
 
 
 @torch.inference_mode()
-def prompt_accuracy(g: nn.Module, model: ModelSpec, extractor: FeatureExtractor, n: int, seed: int) -> dict[str, Any]:
+def prompt_accuracy(g: nn.Module, model: ModelSpec, extractor: FeatureExtractor, n: int, seed: int,
+                    published: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """Prompt-conditioned accuracy: the share of images generated from held-out phrasings that the
-    domain classifier labels as the prompt's class (and how often the text encoder itself resolves it)."""
+    domain classifier labels as the prompt's class (and how often the text encoder itself resolves it).
+    ``published`` maps the uint8 samples to what is published (see :func:`sample_images`)."""
     te = model.text_encoder  # the package records its class names (with_classes at export)
     classes = list(te.classes) if te.classes else [str(i) for i in range(model.num_classes)]
-    prompts, targets = heldout_prompts(classes, n)
+    prompts, targets = heldout_prompts(classes, n, phrasing(model)[1])
     z = torch.randn(n, model.z_dim, generator=torch.Generator().manual_seed(seed + 1))
     out, resolved = [], []
     for i in range(0, n, SAMPLE_BATCH):
@@ -257,7 +259,8 @@ def prompt_accuracy(g: nn.Module, model: ModelSpec, extractor: FeatureExtractor,
         resolved.append(post.argmax(1))
         x = g(z[i:i + SAMPLE_BATCH], cond=post @ g.embed.weight)
         out.append(((x.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8))
-    probs = extractor.probs(torch.cat(out).numpy())
+    images = torch.cat(out).numpy()
+    probs = extractor.probs(published(images) if published is not None else images)
     return {"n": n, "phrasings": "held-out", "encoder": VERSION,
             "accuracy": float((probs.argmax(1) == targets).mean()),
             "encoder_accuracy": float((torch.cat(resolved).numpy() == targets).mean()),

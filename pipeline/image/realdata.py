@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.image.data import digits_arrays, load_data, read_all
+from pipeline.image.data import Reader, digits_arrays, load_data, read_all
 from pipeline.runtime import ensure_ray
 from pipeline.specs.schema import DataSpec, StorageSpec
 
@@ -53,14 +53,15 @@ class Split:
 
 
 def real_data(data: DataSpec, model: ModelSpec, storage: StorageSpec | None = None,
-              address: str | None = None) -> RealData:
-    """The real images at the model's size and channels (digits without Ray; folders and Parquet via Ray Data)."""
-    if data.source == "digits":
+              address: str | None = None, reader: Reader | None = None) -> RealData:
+    """The real images at the model's size and channels (digits without Ray; folders and Parquet via Ray Data;
+    ``reader``: a modality's own source, see :func:`pipeline.image.data.load_data`)."""
+    if data.source == "digits" and reader is None:
         images, labels = digits_arrays(model.image_size, model.channels, data.limit)
         source = "digits"
     else:
         ensure_ray(address, dashboard=False)
-        loaded = load_data(data, model, storage)
+        loaded = load_data(data, model, storage, reader)
         x, y = read_all(loaded.dataset)
         images, labels, source = x.numpy(), y.numpy(), data.uri or data.source
     h = hashlib.sha256(f"{source}:{model.image_size}:{model.channels}:{images.shape}\n".encode())

@@ -75,6 +75,30 @@ HELDOUT_TEMPLATES: tuple[str, ...] = (
 )
 
 
+# The same for speech (an audio family's configuration says ``phrasing = "speech"``): "say seven".
+SPEECH_TRAIN_TEMPLATES: tuple[str, ...] = (
+    "{w}", "say {w}", "say the word {w}", "the spoken digit {w}", "a voice saying {w}", "someone says {w}",
+    "speak the number {w}", "the number {w}, spoken", "a recording of {w}", "{w}, said aloud", "pronounce {w}",
+    "a man saying {w}", "a woman saying {w}", "the word {w} spoken quickly", "the word {w} spoken slowly",
+    "a clip of someone saying {w}", "digit {w} as speech", "voice: {w}", "read out the number {w}", "count {w}",
+)
+SPEECH_HELDOUT_TEMPLATES: tuple[str, ...] = (
+    "please say {w}", "i want to hear {w}", "can you pronounce the number {w}", "an audio clip of the digit {w}",
+    "speech sample: {w}", "a robot voice reading {w}", "tell me {w} out loud", "the spoken word {w} in english",
+    "say the numeral {w} clearly", "a short recording that says {w}",
+)
+# phrasing → (training templates, held-out templates)
+PHRASINGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "image": (TRAIN_TEMPLATES, HELDOUT_TEMPLATES),
+    "speech": (SPEECH_TRAIN_TEMPLATES, SPEECH_HELDOUT_TEMPLATES),
+}
+
+
+def phrasing(model: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training, held-out) caption templates of a model configuration: its ``phrasing``, else image captions."""
+    return PHRASINGS[str(getattr(model, "phrasing", "image"))]
+
+
 def class_words(name: str) -> list[str]:
     """The words that name a class in captions: digit synonyms, or the class name itself."""
     if name in DIGIT_WORDS:

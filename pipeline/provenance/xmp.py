@@ -61,6 +61,7 @@ class XmpFields:
     label: int | None = None
     instance_id: str = ""  # xmpMM:InstanceID; default: derived from the job, item and model
     extra: dict[str, str] = field(default_factory=dict)  # more aigc: properties (name -> text), e.g. watermark
+    medium: str = "image"  # what dc:description calls the asset ("image", "audio clip")
 
 
 def instance_uuid(job: str, date: str, item_id: str, model_sha256: str) -> uuid.UUID:
@@ -80,7 +81,8 @@ def escape(text: str) -> str:
 
 def description(f: XmpFields) -> str:
     """dc:description: one sentence a person reads in any viewer that shows captions."""
-    made = f"AI-generated image (IPTC trainedAlgorithmicMedia) made by {f.system} (model sha256 {f.model_sha256[:12]})"
+    made = (f"AI-generated {f.medium} (IPTC trainedAlgorithmicMedia) made by {f.system} "
+            f"(model sha256 {f.model_sha256[:12]})")
     what = f"from the prompt \u201c{f.prompt}\u201d" if f.prompt is not None else "from a latent seed"
     return f"{made} {what}; job {f.job}, item {f.item_id}."
 

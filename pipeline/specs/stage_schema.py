@@ -228,11 +228,11 @@ class GenerateSpec(Strict):
     prompts: PromptsSpec | None = Field(None, description="Prompt items.")
     output: str = Field("{root}/generated/{name}/{date}", description="Output URI template; {root}, {name}, {date}, "
                                                                       "{run_id} are filled in.")
-    formats: list[Literal["png", "parquet", "webdataset"]] = Field(
+    formats: list[Literal["png", "wav", "parquet", "webdataset"]] = Field(
         default_factory=lambda: ["png", "parquet"],
-        description="What to write: `png` (one file per item), `parquet` (one table per shard), `webdataset` (one "
-                    "tar per shard, each item's PNG and JSON: docs/webdataset.md); any together. The model's "
-                    "family says which it writes.")
+        description="What to write: `png` (one image file per item), `wav` (one audio file per item), `parquet` "
+                    "(one table per shard), `webdataset` (one tar per shard, each item's file and JSON: "
+                    "docs/webdataset.md); any together. The model's family says which it writes.")
     shard_size: int = Field(1000, gt=0, le=10_000_000, description="Items per shard: the unit of work, retry, naming "
                                                                    "and commit.")
     scaling: GenerateScaling = Field(default_factory=GenerateScaling, description="Actor pool.")
@@ -252,7 +252,7 @@ class GenerateSpec(Strict):
     @classmethod
     def _formats(cls, v: list[str]) -> list[str]:
         if not v:
-            raise ValueError("must name at least one of png, parquet, webdataset")
+            raise ValueError("must name at least one of png, wav, parquet, webdataset")
         if len(set(v)) != len(v):
             raise ValueError("must not repeat a format")
         return v

@@ -33,15 +33,16 @@ def _default_model() -> ModelConfig:
 class DataSpec(Strict):
     """Training data."""
 
-    source: Literal["digits", "images", "parquet", "text"] = Field("digits", description="digits (embedded, "
-                                                                                         "scikit-learn), images "
-                                                                                         "(folder of PNG/JPEG), "
-                                                                                         "parquet, or text (a corpus "
-                                                                                         "for a bytegpt model).")
+    source: Literal["digits", "images", "parquet", "text", "audio"] = Field(
+        "digits", description="digits (embedded, scikit-learn), images (folder of PNG/JPEG), parquet, text (a corpus "
+                              "for a bytegpt model), or audio (a folder of WAV/FLAC, classes from subfolders, or "
+                              "Parquet with an audio column; for an audio model).")
     uri: str | None = Field(None, description="URI of the image folder or Parquet file/folder (not for digits); text: "
                                               "a .txt, .jsonl or .parquet file, or a folder of them.")
     image_column: str = Field("image", description="parquet: column with image bytes (or a {bytes, path} struct).")
     label_column: str | None = Field("label", description="parquet: optional integer label column.")
+    audio_column: str = Field("audio", description="audio from Parquet: column with WAV/FLAC bytes (or a {bytes, "
+                                                   "path} struct, the Hugging Face Audio layout).")
     limit: int | None = Field(None, gt=0, description="Use only the first N examples (handy for quick runs); text: the "
                                                       "first N bytes of the corpus.")
     text_column: str | None = Field(None, description="text: the field of a .jsonl line or the Parquet column holding "

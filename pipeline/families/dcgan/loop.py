@@ -36,7 +36,7 @@ from pipeline.image.data import read_all, to_float
 from pipeline.image.grid import GRID, grid_png
 from pipeline.models.diffaugment import diff_augment
 from pipeline.models.ema import ema_update, recalibrate_bn
-from pipeline.models.text_encoder import Features, caption, featurize
+from pipeline.models.text_encoder import Features, caption, featurize, phrasing
 from pipeline.specs.schema import TrainSpec
 from pipeline.train.checkpoint import OPTIM_FILE, LoadedCheckpoint, load_part, save_parts, set_rng_state
 from pipeline.train.worker import (
@@ -238,12 +238,15 @@ def exported_generator(ck: LoadedCheckpoint, t: TrainSpec) -> nn.Module:
 
 def restore_optimizers(ck: LoadedCheckpoint, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                        t: TrainSpec) -> None:
-    for name, opt, lr in (("G", opt_g, t.lr_g), ("D", opt_d, t.lr_d)):
+    for name, opt in (("G", opt_g), ("D", opt_d)):
+        # the spec is the source of truth for hyper-parameters: each group's learning rate as make_optimizers set
+        # it from the spec (G's text encoder has its own, train.model.text_encoder.lr), not one rate for all
+        lrs = [group["lr"] for group in opt.param_groups]
         try:
             opt.load_state_dict(ck.optimizer_state(name))
         except (ValueError, KeyError, RuntimeError) as exc:
             raise PipelineError(f"{ck.where}/{OPTIM_FILE}: {name} optimizer state does not fit ({exc})") from None
-        for group in opt.param_groups:  # the spec is the source of truth for hyper-parameters
+        for group, lr in zip(opt.param_groups, lrs):
             group["lr"], group["betas"] = lr, (t.beta1, t.beta2)
 
 
@@ -268,6 +271,7 @@ def loop(config: dict) -> None:
     G, D = build_models(t)
     te = t.model.text_encoder if conditional else None
     classes = caption_classes(t.model, cfg.classes)
+    templates = phrasing(t.model)[0]  # "a handwritten seven" for images, "say seven" for speech
     ck, rng = w.resume(PARTS)
     start_epoch, global_step, history, resumed_from = resumed(ck)
     if ck is not None:
@@ -309,7 +313,7 @@ def loop(config: dict) -> None:
             z = torch.randn(len(b), t.model.z_dim, generator=noise).to(device)
             text = None
             if te is not None:
-                text = featurize([caption(classes[i], captions) for i in lab.tolist()], te).to(device)
+                text = featurize([caption(classes[i], captions, templates) for i in lab.tolist()], te).to(device)
             out = gan_step(G, D, opt_g, opt_d, real, lab, z, autocast, scaler, text, augment, r1_weight(t, global_step))
             sums += out
             global_step += 1

@@ -1,0 +1,1 @@
+"""The SpecGAN family (``arch: specgan``): see :mod:`pipeline.catalog.specgan`."""
