@@ -87,6 +87,7 @@ class Hosts:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="aigc-hosts-"))
         self.hosts: list[Host] = []
         self.env = self._base_env()
+        _ensure_auth_token(self.env)
         self._namespaces: list[str] = []
         try:
             self._create(n, tag)
@@ -295,6 +296,15 @@ class Hosts:
                 if text:
                     out.append(f"--- {host.name}: {f.name}\n" + "\n".join(text.splitlines()[-lines:]))
         return "\n".join(out)
+
+
+def _ensure_auth_token(env: dict[str, str]) -> None:
+    """Token auth needs one token that every node and client reads: on a fresh machine (a CI run with no
+    Ray started yet) none exists, so make it where Ray looks (~/.ray/auth_token), as an operator would."""
+    if env.get("RAY_AUTH_TOKEN") or (Path.home() / ".ray" / "auth_token").is_file():
+        return
+    subprocess.run([os.path.join(VENV_BIN, "ray"), "get-auth-token", "--generate"], env=env,
+                   capture_output=True, check=True, timeout=60)
 
 
 def _kill(pid: int, sig: int) -> None:
