@@ -520,7 +520,8 @@ def test_two_workers_on_a_two_node_cluster(tmp_path):
 def test_trained_generator_makes_recognisable_digits(ray_session, tmp_path):
     """The demo job's train stage (jobs/demo.yaml), against an untrained G, judged by a digits classifier."""
     from pipeline.families.dcgan.model import Generator
-    from pipeline.models.classifier import classify, digits_classifier
+    from pipeline.image.features import digits_classifier
+    from pipeline.models.classifier import classify
     from pipeline.specs import load_job
 
     j = load_job(Path(__file__).resolve().parents[1] / "jobs" / "demo.yaml", [f"storage.root={tmp_path}"])

@@ -17,6 +17,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
+from pipeline.image.data import digits_arrays
 from pipeline.image.realdata import RealData, Split, to_float
 from pipeline.models.classifier import DigitClassifier, accuracy, train_classifier
 from pipeline.specs.schema import StorageSpec
@@ -192,3 +194,11 @@ def extractor_for(kind: str, real: RealData, split: Split, num_classes: int, see
     files = {EXTRACTOR_WEIGHTS: weights, EXTRACTOR_JSON: json.dumps(meta, indent=1, sort_keys=True).encode()}
     publish(store, kind="extractor", job="", spec=None, counts={"files": len(files)}, files=files)
     return FeatureExtractor(kind=kind, net=net, meta=meta, uri=store.uri)
+
+
+@lru_cache(maxsize=4)
+def digits_classifier(image_size: int = 32, seed: int = 0, epochs: int = CLASSIFIER_EPOCHS) -> DigitClassifier:
+    """A classifier trained on all 1,797 embedded digits at ``image_size`` (cached per process): the judge
+    of "does this look like a digit?" in the training tests."""
+    images, labels = digits_arrays(image_size, channels=1)
+    return train_classifier(to_float(torch.from_numpy(images)), torch.from_numpy(labels), seed=seed, epochs=epochs)

@@ -4,7 +4,8 @@ The training tests use it to check that a trained generator makes recognisable d
 evaluation stage reuses it for classifier-based scores (confidence, Frechet distance on its
 penultimate features). It trains in seconds on one CPU::
 
-    from pipeline.models.classifier import digits_classifier, classify
+    from pipeline.image.features import digits_classifier   # the embedded digits are the image layer's
+    from pipeline.models.classifier import classify
     clf = digits_classifier(image_size=32)             # trains on the embedded digits
     probs = classify(clf, images)                       # images: (N, 1, 32, 32) in [-1, 1]
     confident = (probs.max(1).values > 0.9).float().mean()
@@ -13,8 +14,6 @@ Weights are deterministic for a given seed and thread count.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -92,12 +91,3 @@ def classify(model: DigitClassifier, images: torch.Tensor, batch_size: int = 512
 @torch.inference_mode()
 def accuracy(model: DigitClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
     return (classify(model, images).argmax(1) == labels).float().mean().item()
-
-
-@lru_cache(maxsize=4)
-def digits_classifier(image_size: int = 32, seed: int = 0, epochs: int = 12) -> DigitClassifier:
-    """A classifier trained on all 1,797 embedded digits at ``image_size`` (cached per process)."""
-    from pipeline.data import digits_arrays, to_float
-
-    images, labels = digits_arrays(image_size, channels=1)
-    return train_classifier(to_float(torch.from_numpy(images)), torch.from_numpy(labels), seed=seed, epochs=epochs)
