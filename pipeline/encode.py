@@ -18,6 +18,30 @@ import pipeline
 IPTC_TRAINED_ALGORITHMIC_MEDIA = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 SOFTWARE = f"aigc-pipeline {pipeline.__version__}"
 
+# The columns every per-item asset table (PNG, WAV) shares, in order: what the item is, then its file as
+# the Hugging Face `datasets` {bytes, path} layout and that file's own columns, then its provenance.
+# :func:`asset_columns` puts them together; the order is the file's, so keep it.
+MEDIA_FILE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+ITEM_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("item_id", pa.string()),
+    ("seed", pa.int64()),
+    ("prompt", pa.string()),
+    ("label", pa.int32()),  # the item's class: its seed's label, or the prompt's intended label
+    ("resolved_label", pa.int32()),  # text generators: the class the prompt resolved to
+    ("resolved_p", pa.float32()),  # ... and the text encoder's probability of it
+    ("text_encoder", pa.string()),  # ... and the encoder's version
+]
+PROVENANCE_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("model_sha256", pa.string()),
+    ("job", pa.string()),
+    ("created_at", pa.timestamp("us", tz="UTC")),
+]
+
+
+def asset_columns(media: str, file_columns: list[tuple[str, pa.DataType]]) -> list[tuple[str, pa.DataType]]:
+    """An asset table's columns: the item's, ``media`` (the file), ``file_columns``, the provenance's."""
+    return [*ITEM_COLUMNS, (media, MEDIA_FILE), *file_columns, *PROVENANCE_COLUMNS]
+
 
 def logical_time(date: str) -> dt.datetime:
     """A run's logical timestamp: midnight UTC of its date, so reruns write the same bytes."""

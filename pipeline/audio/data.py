@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError, StorageError
+from pipeline.image.data import read_source_file
 from pipeline.storage import open_fs
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -81,11 +82,7 @@ def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str) -> dict[str, 
     clips = []
     for path, rel in zip(batch["path"], batch["rel"]):
         name = f"{uri.rstrip('/')}/{rel}"
-        try:
-            data = fs.cat_file(path)
-        except Exception as exc:  # noqa: BLE001 - any backend's read error
-            raise PipelineError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from None
-        clips.append(decode_clip(data, name))
+        clips.append(decode_clip(read_source_file(fs, path, name), name))
     return _rows([str(r) for r in batch["rel"]], clips, [int(x) for x in batch["label"]])
 
 

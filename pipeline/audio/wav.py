@@ -22,7 +22,7 @@ import struct
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE
+from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, MEDIA_FILE, SOFTWARE, asset_columns
 
 XMP_CHUNK = b"_PMX"
 
@@ -82,23 +82,9 @@ def info_fields(*, job: str, item_id: str, seed: int, model_sha256: str, created
     return fields
 
 
-AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # Hugging Face `datasets` Audio layout
-_COLUMNS = [
-    ("item_id", pa.string()),
-    ("seed", pa.int64()),
-    ("prompt", pa.string()),
-    ("label", pa.int32()),  # the item's class: its seed's label, or the prompt's intended label
-    ("resolved_label", pa.int32()),  # text generators: the class the prompt resolved to
-    ("resolved_p", pa.float32()),  # ... and the text encoder's probability of it
-    ("text_encoder", pa.string()),  # ... and the encoder's version
-    ("audio", AUDIO_TYPE),
-    ("wav_sha256", pa.string()),
-    ("sampling_rate", pa.int32()),
-    ("duration", pa.float32()),  # seconds
-    ("model_sha256", pa.string()),
-    ("job", pa.string()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-]
+AUDIO_TYPE = MEDIA_FILE  # Hugging Face `datasets` Audio layout
+_COLUMNS = asset_columns("audio", [("wav_sha256", pa.string()), ("sampling_rate", pa.int32()),
+                                   ("duration", pa.float32())])  # duration: seconds
 _DTYPE = {pa.float32(): "float32"}  # datasets' Value names where pyarrow's own differ
 
 

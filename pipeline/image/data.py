@@ -239,16 +239,20 @@ def _list_images(uri: str, storage: StorageSpec | None) -> tuple[Any, list[tuple
     return fs, files, classes
 
 
+def read_source_file(fs: Any, path: str, name: str) -> bytes:
+    """One training file's bytes; any backend's read error as one line naming the file (``name``)."""
+    try:
+        return fs.cat_file(path)
+    except Exception as exc:  # noqa: BLE001 - any backend's read error
+        raise PipelineError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
 def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str, size: int, channels: int,
                   background: tuple[int, int, int]) -> dict[str, np.ndarray]:
     images = []
     for path, rel in zip(batch["path"], batch["rel"]):
         name = f"{uri.rstrip('/')}/{rel}"
-        try:
-            data = fs.cat_file(path)
-        except Exception as exc:  # noqa: BLE001 - any backend's read error
-            raise PipelineError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from None
-        images.append(decode_image(data, size, channels, name, background))
+        images.append(decode_image(read_source_file(fs, path, name), size, channels, name, background))
     return _rows([str(r) for r in batch["rel"]], images, [int(x) for x in batch["label"]])
 
 

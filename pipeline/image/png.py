@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, SOFTWARE
+from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA, MEDIA_FILE, SOFTWARE, asset_columns
 from pipeline.provenance.xmp import KEYWORD as XMP_KEYWORD
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
@@ -80,20 +80,6 @@ def provenance(*, job: str, item_id: str, seed: int, model_sha256: str, prompt: 
     return text
 
 
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-SCHEMA = pa.schema([
-    ("item_id", pa.string()),
-    ("seed", pa.int64()),
-    ("prompt", pa.string()),
-    ("label", pa.int32()),  # the item's class: its seed's label, or the prompt's intended label
-    ("resolved_label", pa.int32()),  # text generators: the class the prompt resolved to
-    ("resolved_p", pa.float32()),  # ... and the text encoder's probability of it
-    ("text_encoder", pa.string()),  # ... and the encoder's version
-    ("image", IMAGE_TYPE),  # the Hugging Face `datasets` Image feature layout
-    ("png_sha256", pa.string()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-    ("model_sha256", pa.string()),
-    ("job", pa.string()),
-    ("created_at", pa.timestamp("us", tz="UTC")),
-])
+IMAGE_TYPE = MEDIA_FILE  # the Hugging Face `datasets` Image feature layout
+SCHEMA = pa.schema(asset_columns("image", [("png_sha256", pa.string()), ("width", pa.int32()),
+                                           ("height", pa.int32())]))
