@@ -11,23 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.audio.family import AudioFamily
-from pipeline.catalog.dcgan import with_classes
-from pipeline.families.dcgan import loop as gan_loop
-from pipeline.families.dcgan.family import gan_curves
-from pipeline.families.dcgan.model import Generator
+from pipeline.families.dcgan.family import DCGAN
 
 
-class SpecGAN(AudioFamily):
-    parts = gan_loop.PARTS
-    loop = staticmethod(gan_loop.loop)
-
-    def build(self, config: Any) -> Generator:
-        return Generator(config)
+class SpecGAN(AudioFamily, DCGAN):
+    """The DCGAN (networks, loop, checkpoint parts, export, curves) with the audio modality's hooks, which
+    come first: data, sampler, evaluation's ``published``, report cards."""
 
     def export(self, job: Any, ck: Any, data: Any) -> tuple[Any, Any, dict]:
+        net, config, extra = super().export(job, ck, data)
         t = job.train
-        return gan_loop.exported_generator(ck, t), with_classes(t.model, data.classes), \
-            {"audio": {"sample_rate": t.model.sample_rate, "inverse": f"griffin-lim/{t.model.griffin_lim_iters}"}}
+        return net, config, {**extra, "audio": {"sample_rate": t.model.sample_rate,
+                                                "inverse": f"griffin-lim/{t.model.griffin_lim_iters}"}}
 
     def describe(self, history: list[dict], data: dict) -> str:
         last = history[-1] if history else {}
@@ -35,6 +30,3 @@ class SpecGAN(AudioFamily):
             return f"{len(history)} epochs"
         return (f"{len(history)} epochs, {data.get('count', 0):,} clips, loss_D {last['loss_D']:.3f}, "
                 f"loss_G {last['loss_G']:.3f}")
-
-    def curves(self, history: list[dict]) -> dict[str, tuple[str, dict[str, list[float]]]]:
-        return gan_curves(history)
