@@ -56,6 +56,9 @@ def prompts_need_a_condition(job: Any) -> None:
         raise ValueError("generate.prompts: prompts need a conditional model, but train.model.conditional is false")
 
 
+# the image sources of pipeline.image.data and pipeline.image.sources
+IMAGE_SOURCES = ("digits", "images", "parquet", "idx", "pixels", "fashion-mnist", "mnist-5k")
+
 @dataclass(frozen=True)
 class Family:
     """A family's declaration: torch-free facts about it, and where its implementation lives.
@@ -68,7 +71,7 @@ class Family:
     config: type[ModelConfig]
     implementation_path: str  # "module:attribute" of an Implementation subclass (or instance)
     summary: str  # one line for `aigc --help`-style listings and the docs
-    data_sources: tuple[str, ...] = ("digits", "images", "parquet")
+    data_sources: tuple[str, ...] = IMAGE_SOURCES
     formats: tuple[str, ...] = ("png", "parquet")  # what generate.formats may hold
     seeds: bool = True  # generates from latent seeds (generate.seeds)
     gate_keys: tuple[str, ...] = ()  # the evaluate.gate thresholds its evaluation fills

@@ -41,8 +41,10 @@ import numpy as np
 import torch
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
+from pipeline.catalog.base import IMAGE_SOURCES
 from pipeline.checks import background_rgb, uri_scheme
 from pipeline.errors import PipelineError, StorageError, last_error_line, user_error_line
+from pipeline.image.sources import RAW_SOURCES, read_raw
 from pipeline.specs.schema import DataSpec, StorageSpec
 from pipeline.storage import absolute_uri, open_fs
 
@@ -350,6 +352,40 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
     return ds, []
 
 
+# --------------------------------------------------------------------------------------------- pixel arrays
+def _decode_raw(batch: dict[str, np.ndarray], size: int, channels: int) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    raw = np.asarray(batch["raw"], dtype=np.uint8)
+    if raw.shape[1:] == (size, size) and channels == 1:
+        images = list(raw[:, None])  # stored at the model's size: the pixels as they are
+    else:
+        images = [_fit(Image.fromarray(r, mode="L"), size, channels) for r in raw]
+    return _rows([str(k) for k in batch["key"]], images, [int(x) for x in batch["label"]])
+
+
+def _raw_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
+    """IDX files, pixel tables and the presets (:mod:`pipeline.image.sources`): read and checked on the driver,
+    resized in Ray Data tasks."""
+    import pyarrow as pa
+    import ray.data
+
+    num_classes = model.num_classes if getattr(model, "conditional", False) else None
+    raw = read_raw(spec, storage, num_classes)
+    n, h, w = raw.images.shape
+    labels = raw.labels if raw.labels is not None else np.full(n, NO_LABEL, np.int64)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(raw.images.reshape(-1), pa.uint8()), h * w)
+    table = pa.table({"key": [raw.key(i) for i in range(n)], "raw": flat, "label": pa.array(labels, pa.int64())})
+    ds = ray.data.from_arrow(table).repartition(max(1, -(-n // (8 * _BLOCK_ROWS))))
+
+    def unflatten(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        batch["raw"] = np.stack(batch["raw"]).reshape(-1, h, w) if batch["raw"].dtype == object \
+            else batch["raw"].reshape(-1, h, w)
+        return _decode_raw(batch, model.image_size, model.channels)
+
+    return ds.map_batches(unflatten, batch_format="numpy", batch_size=_BLOCK_ROWS), raw.classes
+
+
 # --------------------------------------------------------------------------------------------- entry
 @contextlib.contextmanager
 def _ray_errors(where: str):
@@ -399,9 +435,11 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
             ds, classes = _images_dataset(spec, model, storage)
         elif spec.source == "parquet":
             ds, classes = _parquet_dataset(spec, model, storage)
+        elif spec.source in RAW_SOURCES:
+            ds, classes = _raw_dataset(spec, model, storage)
         else:  # another modality's source needs its family's reader
-            raise PipelineError(f"train.data.source: '{spec.source}' is not an image source (digits, images, "
-                                "parquet); the model's family reads it")
+            raise PipelineError(f"train.data.source: '{spec.source}' is not an image source "
+                                f"({', '.join(IMAGE_SOURCES)}); the model's family reads it")
         ds = ds.materialize()
         where = spec.uri or "digits"
         if ds.count() == 0:

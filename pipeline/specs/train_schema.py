@@ -33,12 +33,23 @@ def _default_model() -> ModelConfig:
 class DataSpec(Strict):
     """Training data."""
 
-    source: Literal["digits", "images", "parquet", "text", "audio"] = Field(
-        "digits", description="digits (embedded, scikit-learn), images (folder of PNG/JPEG), parquet, text (a corpus "
-                              "for a bytegpt model), or audio (a folder of WAV/FLAC, classes from subfolders, or "
-                              "Parquet with an audio column; for an audio model).")
-    uri: str | None = Field(None, description="URI of the image folder or Parquet file/folder (not for digits); text: "
-                                              "a .txt, .jsonl or .parquet file, or a folder of them.")
+    source: Literal["digits", "images", "parquet", "idx", "pixels", "fashion-mnist", "mnist-5k", "text", "audio"] = \
+        Field("digits", description="digits (embedded, scikit-learn), images (folder of PNG/JPEG), parquet (image "
+                                    "bytes), idx (MNIST's IDX files), pixels (a pixel-row CSV or Parquet table), "
+                                    "fashion-mnist or mnist-5k (presets found where their packages install them), "
+                                    "text (a corpus for a bytegpt model), or audio (a folder of WAV/FLAC, classes "
+                                    "from subfolders, or Parquet with an audio column; for an audio model).")
+    uri: str | None = Field(None, description="URI of the image folder or Parquet file/folder (not for digits); idx: "
+                                              "the images file (gzipped or not); pixels: the CSV or Parquet table; "
+                                              "fashion-mnist: the folder of its IDX files, mnist-5k: its CSV file "
+                                              "(default: where the package puts it); text: a .txt, .jsonl or "
+                                              ".parquet file, or a folder of them.")
+    labels_uri: str | None = Field(None, description="idx: the labels file; default: the images file's sibling "
+                                                     "`...-labels-idx1-ubyte[.gz]` when it exists, else unlabelled.")
+    split: Literal["train", "test"] | None = Field(None, description="fashion-mnist, mnist-5k: which split (default "
+                                                                     "train): fashion-mnist 60,000 / 10,000, mnist-5k "
+                                                                     "4,000 / 1,000 (every 5th row, 100 per "
+                                                                     "class).")
     image_column: str = Field("image", description="parquet: column with image bytes (or a {bytes, path} struct).")
     label_column: str | None = Field("label", description="parquet: optional integer label column.")
     audio_column: str = Field("audio", description="audio from Parquet: column with WAV/FLAC bytes (or a {bytes, "
@@ -60,15 +71,20 @@ class DataSpec(Strict):
             background_rgb(v)
         return v
 
-    @field_validator("uri")
+    @field_validator("uri", "labels_uri")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
         return None if v is None else check_uri(v)
 
     @model_validator(mode="after")
     def _uri_needed(self) -> DataSpec:
-        if self.source != "digits" and not self.uri:
+        presets = ("fashion-mnist", "mnist-5k")
+        if self.source not in ("digits", *presets) and not self.uri:
             raise ValueError(f"source '{self.source}' needs train.data.uri")
+        if self.split is not None and self.source not in presets:
+            raise ValueError(f"split applies to the presets ({', '.join(presets)}), not to source '{self.source}'")
+        if self.labels_uri is not None and self.source != "idx":
+            raise ValueError("labels_uri applies to source 'idx' only")
         if self.source == "digits" and self.uri:
             raise ValueError("source 'digits' is embedded and takes no uri")
         if self.source != "text" and (self.text_column is not None or self.heldout is not None):
