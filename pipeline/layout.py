@@ -7,6 +7,7 @@ Under ``storage.root``::
     checkpoints/<job>[-<time>]/        the Ray Train run: epoch_NNNN/ checkpoints, samples/
     runs/<job>/<run id or date>.json   the record of every `aigc run`
     generated/<job>/<date>/            the default generate.output (a template)
+    cache/data/<key>/                  decoded training data, streamed to the workers (pipeline.image.stream)
 
 Inside a generated output::
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 MODELS_DIR = "models"
 CHECKPOINTS_DIR = "checkpoints"
+DATA_CACHE_DIR = "cache/data"
 RUNS_DIR = "runs"
 EVAL_SUFFIX = ".eval"
 REPORT_SUFFIX = ".report"
@@ -50,6 +52,10 @@ def eval_uri(package_uri: str) -> str:
 def report_uri(uri: str) -> str:
     """``<uri>.report``: the default folder of a report, beside what it shows."""
     return uri.rstrip("/") + REPORT_SUFFIX
+
+
+def data_cache_uri(root: str, key: str) -> str:
+    return f"{root.rstrip('/')}/{DATA_CACHE_DIR}/{key}"
 
 
 def checkpoints_uri(root: str) -> str:

@@ -116,7 +116,7 @@ def test_user_audio_from_a_folder_of_wav_and_flac_or_from_parquet_reads_as_the_s
 
     from pipeline.audio.data import audio_dataset, decode_clip
     from pipeline.errors import PipelineError
-    from pipeline.image.data import load_data, read_all
+    from pipeline.image.trainset import load_data, read_all
     from pipeline.specs import DataSpec
 
     t = np.arange(22050) / 22050
@@ -133,7 +133,7 @@ def test_user_audio_from_a_folder_of_wav_and_flac_or_from_parquet_reads_as_the_s
     folder = load_data(DataSpec(source="audio", uri=str(tmp_path / "folder")), model, reader=audio_dataset)
     table = load_data(DataSpec(source="audio", uri=str(tmp_path / "clips.parquet")), model, reader=audio_dataset)
     assert folder.classes == ["hiss", "hum"] and folder.count == table.count == 2
-    (xa, ya), (xb, yb) = read_all(folder.dataset), read_all(table.dataset)
+    (xa, ya), (xb, yb) = read_all(folder), read_all(table)
     assert xa.shape == (2, 1, 64, 64) and sorted(ya.tolist()) == sorted(yb.tolist()) == [0, 1]
     assert sorted(map(bytes, xa.numpy())) == sorted(map(bytes, xb.numpy()))  # same pictures either way
     with pytest.raises(PipelineError, match=r"^folder/hum/b.wav: not a decodable WAV/FLAC file"):

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from pipeline.errors import PipelineError
-from pipeline.image.data import decode_image, digits_arrays, load_data, read_all, to_float, to_uint8
+from pipeline.image.data import decode_image, digits_arrays, to_float, to_uint8
+from pipeline.image.trainset import load_data, read_all
 from pipeline.specs import DataSpec, ModelSpec
 from pipeline.storage import Store
 
@@ -43,7 +44,7 @@ def test_digits_match_the_plain_arrays_and_fingerprint_is_stable(ray_session):
     spec, model = DataSpec(limit=100), ModelSpec(image_size=32)
     data = load_data(spec, model)
     assert data.count == 100 and data.labelled and data.classes == [str(i) for i in range(10)]
-    images, labels = read_all(data.dataset)
+    images, labels = read_all(data)
     ref_images, ref_labels = digits_arrays(32, 1, limit=100)
     assert images.dtype == torch.uint8 and images.shape == (100, 1, 32, 32)
     assert torch.equal(images, torch.from_numpy(ref_images)) and torch.equal(labels, torch.from_numpy(ref_labels))
@@ -67,11 +68,11 @@ def test_image_folder_with_class_subfolders(ray_session, tmp_path):
     (root / ".hidden" / "x.png").write_bytes(b"junk that would fail to decode")
     data = load_data(DataSpec(source="images", uri=str(root)), ModelSpec(image_size=32, channels=3))
     assert data.count == 12 and data.labelled and data.classes == ["ant", "bee", "cat"]
-    images, labels = read_all(data.dataset)
+    images, labels = read_all(data)
     assert images.shape == (12, 3, 32, 32)
     assert labels.tolist() == [0] * 3 + [1] * 5 + [2] * 4  # sorted by path, label = sorted class index
     gray = load_data(DataSpec(source="images", uri=str(root), limit=5), ModelSpec(image_size=28, channels=1))
-    assert gray.count == 5 and read_all(gray.dataset)[0].shape == (5, 1, 28, 28)
+    assert gray.count == 5 and read_all(gray)[0].shape == (5, 1, 28, 28)
     # Same content → same fingerprint; one changed file → another.
     assert load_data(DataSpec(source="images", uri=str(root)), ModelSpec(channels=3)).fingerprint == data.fingerprint
     (root / "ant" / "000.png").write_bytes(png(200))
@@ -83,7 +84,7 @@ def test_flat_folder_has_no_labels(ray_session, tmp_path):
         (tmp_path / f"{i}.png").write_bytes(png(i * 50))
     data = load_data(DataSpec(source="images", uri=str(tmp_path)), ModelSpec())
     assert data.count == 3 and not data.labelled and data.classes == []
-    assert read_all(data.dataset)[1].tolist() == [-1, -1, -1]
+    assert read_all(data)[1].tolist() == [-1, -1, -1]
 
 
 @pytest.mark.parametrize("case", ["empty", "no_images", "missing", "file"])
@@ -139,16 +140,16 @@ def test_parquet_bytes_and_struct_columns(ray_session, tmp_path):
     _parquet(tmp_path / "pq" / "b.parquet", [png(200 - i) for i in range(4)], [1, 2, 3, 4])
     data = load_data(DataSpec(source="parquet", uri=str(tmp_path / "pq")), ModelSpec(conditional=True))
     assert data.count == 10 and data.labelled
-    images, labels = read_all(data.dataset)
+    images, labels = read_all(data)
     assert images.shape == (10, 1, 32, 32) and sorted(labels.tolist()) == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
     assert load_data(DataSpec(source="parquet", uri=str(tmp_path / "pq")), ModelSpec(conditional=True)).fingerprint \
         == data.fingerprint
     # Hugging Face style {bytes, path} structs decode to the same pixels as plain bytes.
     hf = _parquet(tmp_path / "hf.parquet", [{"bytes": png(i * 20), "path": f"{i}.png"} for i in range(6)],
                   list(range(6)))
-    hf_images, hf_labels = read_all(load_data(DataSpec(source="parquet", uri=str(hf)), ModelSpec()).dataset)
+    hf_images, hf_labels = read_all(load_data(DataSpec(source="parquet", uri=str(hf)), ModelSpec()))
     plain_images, plain_labels = read_all(load_data(DataSpec(source="parquet", uri=str(tmp_path / "pq" / "a.parquet")),
-                                                    ModelSpec()).dataset)
+                                                    ModelSpec()))
     assert torch.equal(hf_images, plain_images) and torch.equal(hf_labels, plain_labels)
     limited = load_data(DataSpec(source="parquet", uri=str(tmp_path / "pq" / "a.parquet"), limit=3), ModelSpec())
     assert limited.count == 3

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.image.data import load_data, read_all
 from pipeline.image.sources import FASHION_DIR, IDX_IMAGES, IDX_LABELS, mnist5k_path, parse_idx, read_raw
+from pipeline.image.trainset import load_data, read_all
 from pipeline.specs import DCGANConfig
 from pipeline.specs.schema import DataSpec
 
@@ -71,14 +71,14 @@ def test_idx_files_gzipped_or_not_train_with_their_sibling_labels(ray_session, t
     for gz in (True, False):
         img, images, labels = write_idx(tmp_path / f"gz{gz}", gz=gz)
         data = load_data(DataSpec(source="idx", uri=str(img)), DCGANConfig(image_size=28, conditional=True))
-        x, y = read_all(data.dataset)
+        x, y = read_all(data)
         assert data.count == 300 and data.labelled and data.num_labels == int(labels.max()) + 1
         assert (x.numpy()[:, 0] == images).all() and (y.numpy() == labels).all()  # the pixels as stored, in order
     # the same pixels resized for a 32x32 model; no labels file: unlabelled
     os.remove(tmp_path / "gzTrue" / "train-labels-idx1-ubyte.gz")
     data = load_data(DataSpec(source="idx", uri=str(tmp_path / "gzTrue" / "train-images-idx3-ubyte.gz")),
                      DCGANConfig(image_size=32))
-    x, _ = read_all(data.dataset)
+    x, _ = read_all(data)
     assert x.shape == (300, 1, 32, 32) and not data.labelled
 
 
@@ -115,7 +115,7 @@ def test_pixel_tables_csv_and_parquet(ray_session, tmp_path):
     for uri, column in ((plain, "label"), (named, "digit"), (table, "label")):
         data = load_data(DataSpec(source="pixels", uri=str(uri), label_column=column),
                          DCGANConfig(image_size=28, conditional=True))
-        x, y = read_all(data.dataset)
+        x, y = read_all(data)
         assert (x.numpy()[:, 0] == images).all() and (y.numpy() == labels).all(), uri
 
 
@@ -160,7 +160,7 @@ def test_preset_fashion_mnist_reads_a_folder_of_idx_files_at_any_uri(ray_session
     write_idx(tmp_path, n=120, prefix="train")
     data = load_data(DataSpec(source="fashion-mnist", uri=str(tmp_path), split="test"),
                      DCGANConfig(image_size=28, conditional=True))
-    x, y = read_all(data.dataset)
+    x, y = read_all(data)
     assert data.count == 50 and (x.numpy()[:, 0] == images).all() and (y.numpy() == labels).all()
     assert data.classes[:2] == ["T-shirt/top", "Trouser"]
 

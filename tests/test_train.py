@@ -46,7 +46,8 @@ def spec(root, name="t", epochs=EPOCHS, **over) -> dict:
         "name": name,
         "storage": {"root": str(root)},
         "train": {
-            "data": {"source": "digits", "limit": LIMIT},
+            # a shuffle window smaller than a worker's 128 rows: the resume below is proven on streamed windows
+            "data": {"source": "digits", "limit": LIMIT, "shuffle_window": 48},
             # the demo's quality recipe too, so resume and retry are proven with EMA, DiffAugment and
             # lazy R1 (every 2nd step here, so both kinds of step occur in every epoch)
             "model": {"image_size": 32, "z_dim": 16, "g_width": 8, "d_width": 8, "conditional": True,

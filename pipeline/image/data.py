@@ -1,10 +1,9 @@
-"""Training data as Ray Data datasets: the embedded digits, a folder of images, or Parquet, from any URI.
+"""The image sources as Ray Data datasets of decoded rows: the embedded digits, a folder of images, Parquet,
+and the pixel arrays of :mod:`pipeline.image.sources` (IDX, pixel tables, presets), from any URI.
 
-:func:`load_data` turns a :class:`~pipeline.specs.DataSpec` into a :class:`TrainData`: a
-materialized Ray Data dataset whose rows are already decoded and resized (once, in Ray Data
-tasks), plus a content fingerprint for ``model.json``. Every row has
+Every row has
 
-* ``key``   a stable sort key (digits index, file path, or content hash for Parquet rows),
+* ``key``   a stable name (digits index, file path, row position, or content hash for Parquet rows),
 * ``image`` uint8 array (channels, size, size),
 * ``label`` int64 class id, or -1 when the data has no labels,
 * ``sha``   sha256 of the decoded pixels and the label.
@@ -17,36 +16,30 @@ Sources:
   first-level subfolder, the sorted subfolder names are the classes (label = index).
 * ``parquet``: a column of image bytes (``bytes`` or a ``{bytes, path}`` struct, as Hugging Face
   datasets write it) plus an optional integer label column.
+* ``idx``, ``pixels``, ``fashion-mnist``, ``mnist-5k``: :mod:`pipeline.image.sources`.
 
 Images are converted to the model's channels, centre-cropped to a square and resized. Any
 problem (no images, unreadable or undecodable file, bad label) is a :class:`PipelineError`
-naming the URI or the file. Try it::
-
-    python -c "from pipeline.runtime import ensure_ray; ensure_ray(); \
-from pipeline.image.data import load_data; from pipeline.specs import DataSpec, DCGANConfig; \
-print(load_data(DataSpec(limit=100), DCGANConfig()).summary())"
+naming the URI or the file. :mod:`pipeline.image.trainset` writes these rows into the data cache
+that training streams.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import logging
 import posixpath
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
-from pipeline.catalog.base import IMAGE_SOURCES
-from pipeline.checks import background_rgb, uri_scheme
-from pipeline.errors import PipelineError, StorageError, last_error_line, user_error_line
-from pipeline.image.sources import RAW_SOURCES, read_raw
+from pipeline.checks import background_rgb
+from pipeline.errors import PipelineError, StorageError
+from pipeline.image.sources import read_raw
 from pipeline.specs.schema import DataSpec, StorageSpec
-from pipeline.storage import absolute_uri, open_fs
+from pipeline.storage import open_fs
 
 # `model` below is an image family's configuration: what is read is its image_size and channels,
 # and, when it is conditional, its num_classes (the range labels must lie in).
@@ -56,30 +49,7 @@ Reader = Callable[[DataSpec, Any, Any], tuple[Any, list[str]]]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 NO_LABEL = -1
-_BLOCK_ROWS = 256  # rows per Ray Data block/batch when decoding
-
-
-@dataclass
-class TrainData:
-    """A decoded, resized, materialized training set and what identifies it."""
-
-    dataset: Any  # ray.data.MaterializedDataset with columns key, image, label, sha
-    count: int
-    fingerprint: str
-    source: str
-    uri: str | None
-    image_size: int
-    channels: int
-    labelled: bool
-    num_labels: int = 0  # largest label + 1 (0 when unlabelled)
-    classes: list[str] = field(default_factory=list)  # class names by label id, when known
-
-    def summary(self) -> dict:
-        """What model.json records about the data."""
-        return {"source": self.source, "uri": absolute_uri(self.uri) if self.uri else None, "count": self.count,
-                "unit": "images", "fingerprint": self.fingerprint, "image_size": self.image_size,
-                "channels": self.channels, "labelled": self.labelled, "num_labels": self.num_labels,
-                "classes": self.classes}
+BLOCK_ROWS = 256  # rows per Ray Data block/batch when decoding
 
 
 # --------------------------------------------------------------------------------------------- pixels
@@ -201,13 +171,13 @@ def _decode_digits(batch: dict[str, np.ndarray], size: int, channels: int) -> di
     return _rows(keys, images, [int(x) for x in batch["label"]])
 
 
-def _digits_dataset(spec: DataSpec, model: ModelSpec):
+def digits_dataset(spec: DataSpec, model: ModelSpec):
     import ray.data
 
     raw, labels = _raw_digits(spec.limit)
     items = [{"index": i, "raw": r, "label": int(label)} for i, (r, label) in enumerate(zip(raw, labels))]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // _BLOCK_ROWS)))
-    return ds.map_batches(_decode_digits, batch_format="numpy", batch_size=_BLOCK_ROWS,
+    ds = ray.data.from_items(items, override_num_blocks=max(1, -(-len(items) // BLOCK_ROWS)))
+    return ds.map_batches(_decode_digits, batch_format="numpy", batch_size=BLOCK_ROWS,
                           fn_kwargs={"size": model.image_size, "channels": model.channels}), [str(i) for i in range(10)]
 
 
@@ -258,7 +228,7 @@ def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str, size: int, ch
     return _rows([str(r) for r in batch["rel"]], images, [int(x) for x in batch["label"]])
 
 
-def _images_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
+def images_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
     import ray.data
 
     assert spec.uri
@@ -314,7 +284,7 @@ def _decode_parquet(table: Any, uri: str, image_column: str, label_column: str |
     return _rows(keys, images, labels)
 
 
-def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
+def parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
     import pyarrow.parquet as pq
     import ray.data
 
@@ -345,7 +315,7 @@ def _parquet_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | No
         ds.context.execution_options.preserve_order = True  # "the first N rows" in file order
         ds = ds.limit(spec.limit)
     num_classes = model.num_classes if getattr(model, "conditional", False) else None
-    ds = ds.map_batches(_decode_parquet, batch_format="pyarrow", batch_size=_BLOCK_ROWS,
+    ds = ds.map_batches(_decode_parquet, batch_format="pyarrow", batch_size=BLOCK_ROWS,
                         fn_kwargs={"uri": spec.uri, "image_column": spec.image_column, "label_column": label_column,
                                    "size": model.image_size, "channels": model.channels, "num_classes": num_classes,
                                    "background": background_rgb(spec.background or "white")})
@@ -364,7 +334,7 @@ def _decode_raw(batch: dict[str, np.ndarray], size: int, channels: int) -> dict[
     return _rows([str(k) for k in batch["key"]], images, [int(x) for x in batch["label"]])
 
 
-def _raw_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
+def raw_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
     """IDX files, pixel tables and the presets (:mod:`pipeline.image.sources`): read and checked on the driver,
     resized in Ray Data tasks."""
     import pyarrow as pa
@@ -376,100 +346,11 @@ def _raw_dataset(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None):
     labels = raw.labels if raw.labels is not None else np.full(n, NO_LABEL, np.int64)
     flat = pa.FixedSizeListArray.from_arrays(pa.array(raw.images.reshape(-1), pa.uint8()), h * w)
     table = pa.table({"key": [raw.key(i) for i in range(n)], "raw": flat, "label": pa.array(labels, pa.int64())})
-    ds = ray.data.from_arrow(table).repartition(max(1, -(-n // (8 * _BLOCK_ROWS))))
+    ds = ray.data.from_arrow(table).repartition(max(1, -(-n // (8 * BLOCK_ROWS))))
 
     def unflatten(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch["raw"] = np.stack(batch["raw"]).reshape(-1, h, w) if batch["raw"].dtype == object \
             else batch["raw"].reshape(-1, h, w)
         return _decode_raw(batch, model.image_size, model.channels)
 
-    return ds.map_batches(unflatten, batch_format="numpy", batch_size=_BLOCK_ROWS), raw.classes
-
-
-# --------------------------------------------------------------------------------------------- entry
-@contextlib.contextmanager
-def _ray_errors(where: str):
-    """Errors while reading data become one line: a PipelineError from a Ray task comes out as
-    itself, anything else (an unreadable Parquet file, mixed schemas) as 'cannot read' naming ``where``."""
-    try:
-        yield
-    except (PipelineError, StorageError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - Ray wraps errors raised in its tasks
-        line = user_error_line(exc)
-        err = PipelineError(line) if line else None
-        if err is None:
-            err = PipelineError(f"{where}: cannot read the training data ({last_error_line(exc)})")
-        raise err from None
-
-
-@contextlib.contextmanager
-def _quiet_ray_data():
-    """Ray Data logs an INFO line per execution; keep them off the user's terminal while we read."""
-    log = logging.getLogger("ray.data")
-    level = log.level
-    log.setLevel(max(level, logging.WARNING))
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
-def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = None,
-              reader: Reader | None = None) -> TrainData:
-    """Read, decode and resize the training data once through Ray Data; returns it materialized.
-
-    ``reader(spec, model, storage) -> (dataset, classes)`` reads a source of another modality into the
-    same rows (an audio family's clips as their log-mel pictures, :mod:`pipeline.audio.data`).
-    Needs a running Ray (see :func:`pipeline.runtime.ensure_ray`).
-    """
-    if spec.uri and uri_scheme(spec.uri) == "memory":
-        raise PipelineError(f"train.data.uri: {spec.uri}: memory:// lives in one process; Ray workers cannot read it "
-                            "(use a local path, s3:// or gs://)")
-    with _quiet_ray_data(), _ray_errors(spec.uri or "digits"):
-        if reader is not None:
-            ds, classes = reader(spec, model, storage)
-        elif spec.source == "digits":
-            ds, classes = _digits_dataset(spec, model)
-        elif spec.source == "images":
-            ds, classes = _images_dataset(spec, model, storage)
-        elif spec.source == "parquet":
-            ds, classes = _parquet_dataset(spec, model, storage)
-        elif spec.source in RAW_SOURCES:
-            ds, classes = _raw_dataset(spec, model, storage)
-        else:  # another modality's source needs its family's reader
-            raise PipelineError(f"train.data.source: '{spec.source}' is not an image source "
-                                f"({', '.join(IMAGE_SOURCES)}); the model's family reads it")
-        ds = ds.materialize()
-        where = spec.uri or "digits"
-        if ds.count() == 0:
-            raise PipelineError(f"{where}: the dataset is empty (no rows to train on)")
-        index = ds.select_columns(["key", "sha", "label"]).take_all()
-    index.sort(key=lambda r: (r["key"], r["sha"]))
-    h = hashlib.sha256(f"{spec.source}:{model.image_size}:{model.channels}\n".encode())
-    for r in index:
-        h.update(f"{r['key']}\t{r['sha']}\t{int(r['label'])}\n".encode())
-    labelled = all(int(r["label"]) != NO_LABEL for r in index)
-    num_labels = max(int(r["label"]) for r in index) + 1 if labelled else 0
-    return TrainData(dataset=ds, count=len(index), fingerprint=h.hexdigest(), source=spec.source, uri=spec.uri,
-                     image_size=model.image_size, channels=model.channels, labelled=labelled, num_labels=num_labels,
-                     classes=classes)
-
-
-def read_all(batches: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows from a Ray Data iterator (or dataset) → (uint8 images N×C×S×S, int64 labels), sorted by key.
-
-    Sorting by the stable key makes the order independent of how Ray scheduled the blocks, so
-    a seeded permutation of it is the same on every run, every worker and after every resume.
-    """
-    keys: list[str] = []
-    images: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    for batch in batches.iter_batches(batch_size=4096, batch_format="numpy"):
-        keys += [str(k) for k in batch["key"]]
-        images.append(np.asarray(batch["image"], dtype=np.uint8))
-        labels.append(np.asarray(batch["label"], dtype=np.int64))
-    if not keys:
-        raise PipelineError("the dataset shard is empty")
-    order = np.argsort(np.array(keys, dtype=object), kind="stable")
-    return torch.from_numpy(np.concatenate(images)[order]), torch.from_numpy(np.concatenate(labels)[order])
+    return ds.map_batches(unflatten, batch_format="numpy", batch_size=BLOCK_ROWS), raw.classes

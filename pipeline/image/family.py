@@ -14,10 +14,11 @@ from typing import Any, Callable
 
 from pipeline.catalog.base import Implementation
 from pipeline.errors import PipelineError
-from pipeline.image.data import Reader, load_data
+from pipeline.image.data import Reader
 from pipeline.image.evaluation import evaluate_images, read_results
 from pipeline.image.realdata import RealData, Split
 from pipeline.image.sampler import ENCODER, ImageSampler
+from pipeline.image.trainset import load_data
 from pipeline.provenance.options import ProvenanceOptions, provenance_options
 from pipeline.report.assets import Asset, parquet_assets, parquet_parts
 from pipeline.report.html import esc, provenance_rows, src

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.image.data import Reader, digits_arrays, load_data, read_all
+from pipeline.image.data import Reader, digits_arrays
+from pipeline.image.trainset import load_data, read_all
 from pipeline.runtime import ensure_ray
 from pipeline.specs.schema import DataSpec, StorageSpec
 
@@ -62,7 +63,7 @@ def real_data(data: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
     else:
         ensure_ray(address, dashboard=False)
         loaded = load_data(data, model, storage, reader)
-        x, y = read_all(loaded.dataset)
+        x, y = read_all(loaded)
         images, labels, source = x.numpy(), y.numpy(), data.uri or data.source
     h = hashlib.sha256(f"{source}:{model.image_size}:{model.channels}:{images.shape}\n".encode())
     h.update(np.ascontiguousarray(images).tobytes())

@@ -60,6 +60,11 @@ class DataSpec(Strict):
                                                       "the text; default `text`.")
     heldout: float | None = Field(None, gt=0, lt=1, description="text: share of the corpus held out for perplexity "
                                                                 "(spread evenly, in 2 KiB segments); default 0.1.")
+    shuffle_window: int = Field(16384, ge=1, le=100_000_000, description="Training: rows each worker shuffles at "
+                                                                         "a time (its epoch's part streams through "
+                                                                         "windows of this many rows, each permuted, "
+                                                                         "seeded): a worker's memory for data. A set "
+                                                                         "smaller than this is shuffled whole.")
     background: str | None = Field(None, description="images, parquet: colour that transparent pixels are composited "
                                                      "on when the model has no alpha channel: `white`, `black`, `gray` "
                                                      "or `#rrggbb`; default white.")

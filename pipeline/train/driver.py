@@ -140,8 +140,12 @@ def _run_fit(job: JobSpec, run: RunLocation, data: Any, on_progress: Callable[[P
     t = job.train
     assert t is not None
     queue = Queue(actor_options={"num_cpus": 0}) if on_progress is not None else None
+    # A family's data either travels as a Ray Data dataset that every worker reads whole (``data.dataset``) or
+    # is streamed by the workers themselves (an image family's data cache, pipeline.image.stream): then only
+    # where it is travels, in the loop's config.
+    dataset = getattr(data, "dataset", None)
     cfg = LoopConfig(job=job, run=run, data_fingerprint=data.fingerprint, progress=queue, classes=data.classes,
-                     env=worker_env(job))
+                     env=worker_env(job), data=None if dataset is not None else data)
     try:  # Ray checks scaling and run settings here; a refusal is the user's to fix, in one line
         trainer = TorchTrainer(
             loop,
@@ -154,9 +158,9 @@ def _run_fit(job: JobSpec, run: RunLocation, data: Any, on_progress: Callable[[P
                                  failure_config=FailureConfig(max_failures=t.checkpoint.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=t.checkpoint.keep),
                                  logging_config=LoggingConfig(log_level="WARNING")),
-            datasets={"train": data.dataset},
+            datasets={"train": dataset} if dataset is not None else None,
             # Every worker gets the whole dataset; each takes its deterministic slice per epoch.
-            dataset_config=DataConfig(datasets_to_split=[]),
+            dataset_config=DataConfig(datasets_to_split=[]) if dataset is not None else None,
         )
     except (ValueError, TypeError) as exc:
         if queue is not None:

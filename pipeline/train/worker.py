@@ -73,6 +73,7 @@ class LoopConfig:
     progress: Any = None  # ray.util.queue.Queue for live progress, or None
     classes: list[str] = field(default_factory=list)  # class names by label id (captions for a text encoder)
     env: WorkerEnv = field(default_factory=WorkerEnv)  # storage credentials: in the task, never in a Ray log
+    data: Any = None  # the family's training data as the workers read it (an image family's TrainData)
 
 
 def mix(*parts: int) -> int:

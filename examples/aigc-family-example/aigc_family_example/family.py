@@ -8,19 +8,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.image.data import read_all, to_float
+from pipeline.image.data import to_float
 from pipeline.image.family import ImageFamily
 from pipeline.train.checkpoint import load_part, save_parts, set_rng_state
 from pipeline.train.worker import (
     Progress,
-    epoch_indices,
     mix,
     no_sync,
     report_epoch,
     restore_optimizer,
     seed_worker,
     start_worker,
-    steps_per_epoch,
 )
 
 
@@ -50,8 +48,8 @@ def loop(config: dict) -> None:
 
     w = start_worker(config)
     t = w.cfg.job.train
-    images, _ = read_all(ray.train.get_dataset_shard("train"))
-    steps = steps_per_epoch(len(images), w.world, t.batch_size)
+    stream = w.cfg.data.stream()  # this worker's part of every epoch, streamed from the data cache
+    steps = stream.steps(w.world, t.batch_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(t.seed)
         G, D = Generator(t.model), Discriminator(t.model)
@@ -73,11 +71,10 @@ def loop(config: dict) -> None:
         seed_worker(t.seed, w.rank)
     w.progress(Progress("start", start, t.epochs, steps=steps, world_size=w.world))
     for epoch in range(start, t.epochs):
-        idx = epoch_indices(len(images), epoch, w.rank, w.world, t.seed)
         noise = torch.Generator().manual_seed(mix(t.seed, epoch, w.rank))
         total = torch.zeros(2)
-        for s in range(steps):
-            real = to_float(images[idx[s * t.batch_size:(s + 1) * t.batch_size]])
+        for batch, _ in stream.epoch(epoch, w.rank, w.world, t.batch_size, t.seed):
+            real = to_float(batch)
             fake = G(torch.randn(len(real), t.model.z_dim, generator=noise))
             ones, zeros = torch.ones(len(real)), torch.zeros(len(real))
             # 1. update D

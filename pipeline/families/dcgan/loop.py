@@ -1,8 +1,8 @@
 """The DCGAN's training loop on a Ray Train worker, and the GAN step.
 
-* Data: every worker reads the whole decoded set in key order; each epoch takes its slice of a
-  permutation seeded by (seed, epoch) (:func:`~pipeline.train.worker.epoch_indices`), so a resume
-  reproduces the run exactly.
+* Data: every worker streams its part of each epoch from the data cache, in an order seeded by
+  (seed, epoch, rank) (:mod:`pipeline.image.stream`), so a resume reproduces the run exactly and a
+  worker's memory does not grow with the data.
 * Models: G and D are wrapped in DDP separately (two ``prepare_model`` calls), each with its own
   Adam optimizer. D's gradients from the G update are never all-reduced (``no_sync``).
 * Randomness: init from ``train.seed``; the noise (and ``train.augment``'s draws) of (epoch,
@@ -32,7 +32,7 @@ from torch import nn
 from pipeline.catalog.dcgan import caption_classes
 from pipeline.errors import PipelineError
 from pipeline.families.dcgan.model import Discriminator, Generator
-from pipeline.image.data import read_all, to_float
+from pipeline.image.data import to_float
 from pipeline.image.grid import GRID, grid_png
 from pipeline.models.diffaugment import diff_augment
 from pipeline.models.ema import ema_update, recalibrate_bn
@@ -42,15 +42,12 @@ from pipeline.train.checkpoint import OPTIM_FILE, LoadedCheckpoint, load_part, s
 from pipeline.train.worker import (
     PROGRESS_EVERY_S,
     Progress,
-    epoch_indices,
     mix,
     no_sync,
-    quiet_worker_logs,
     report_epoch,
     resumed,
     seed_worker,
     start_worker,
-    steps_per_epoch,
     unwrap,
     world_nodes,
     write_samples,
@@ -260,11 +257,10 @@ def loop(config: dict) -> None:
     cfg, rank, world, device, progress = w.cfg, w.rank, w.world, w.device, w.progress
     t = cfg.job.train
 
-    # 1. data: the whole decoded set, in key order, on every worker (slices are cut per epoch)
-    images, labels = read_all(ray.train.get_dataset_shard("train"))
-    quiet_worker_logs()  # Ray Data's logging setup on first use resets what Ray Train configured
-    n = len(images)
-    steps = steps_per_epoch(n, world, t.batch_size)
+    # 1. data: this worker's part of every epoch, streamed from the data cache (pipeline.image.stream)
+    stream = cfg.data.stream()
+    n = stream.count
+    steps = stream.steps(world, t.batch_size)
     conditional = t.model.conditional
 
     # 2. models from the seed, or from the latest checkpoint (after a resume or a worker restart)
@@ -300,17 +296,15 @@ def loop(config: dict) -> None:
     progress(GANProgress("start", start_epoch, t.epochs, steps=steps, global_step=global_step,
                          resumed_from=resumed_from, world_size=world, nodes=nodes))
     for epoch in range(start_epoch, t.epochs):
-        idx = epoch_indices(n, epoch, rank, world, t.seed)
         noise = torch.Generator().manual_seed(mix(t.seed, epoch, rank))
         captions = random.Random(mix(t.seed, "captions", epoch, rank))  # which caption each label gets
         augment = augmenter(t, epoch, rank)
         sums = torch.zeros(5, device=device)
         t0 = last = time.perf_counter()
-        for step in range(steps):
-            b = idx[step * t.batch_size:(step + 1) * t.batch_size]
-            real = to_float(images[b].to(device))  # uint8 over the bus (a quarter of the bytes), floats on the device
-            lab = labels[b].to(device) if conditional else None
-            z = torch.randn(len(b), t.model.z_dim, generator=noise).to(device)
+        for step, (batch, batch_labels) in enumerate(stream.epoch(epoch, rank, world, t.batch_size, t.seed)):
+            real = to_float(batch.to(device))  # uint8 over the bus (a quarter of the bytes), floats on the device
+            lab = batch_labels.to(device) if conditional else None
+            z = torch.randn(len(batch), t.model.z_dim, generator=noise).to(device)
             text = None
             if te is not None:
                 text = featurize([caption(classes[i], captions, templates) for i in lab.tolist()], te).to(device)

@@ -17,12 +17,11 @@ import torch.nn.functional as F
 
 from pipeline.families.dcgan.loop import GANProgress
 from pipeline.families.mlpgan.model import Discriminator, Generator
-from pipeline.image.data import read_all, to_float
+from pipeline.image.data import to_float
 from pipeline.image.grid import GRID, grid_png
 from pipeline.train.checkpoint import load_part, save_parts, set_rng_state
 from pipeline.train.worker import (
     PROGRESS_EVERY_S,
-    epoch_indices,
     mix,
     no_sync,
     quiet_worker_logs,
@@ -31,7 +30,6 @@ from pipeline.train.worker import (
     resumed,
     seed_worker,
     start_worker,
-    steps_per_epoch,
     unwrap,
     world_nodes,
     write_samples,
@@ -81,10 +79,10 @@ def loop(config: dict) -> None:
 
     w = start_worker(config)
     t = w.cfg.job.train
-    images, _ = read_all(ray.train.get_dataset_shard("train"))
+    stream = w.cfg.data.stream()  # this worker's part of every epoch, from the data cache (pipeline.image.stream)
     quiet_worker_logs()  # Ray Data's logging setup on first use resets what Ray Train configured
-    n = len(images)
-    steps = steps_per_epoch(n, w.world, t.batch_size)
+    n = stream.count
+    steps = stream.steps(w.world, t.batch_size)
     G, D = build_models(t)
     ck, rng = w.resume(PARTS)
     start_epoch, global_step, history, resumed_from = resumed(ck)
@@ -105,14 +103,12 @@ def loop(config: dict) -> None:
     w.progress(GANProgress("start", start_epoch, t.epochs, steps=steps, global_step=global_step,
                            resumed_from=resumed_from, world_size=w.world, nodes=world_nodes(w.world)))
     for epoch in range(start_epoch, t.epochs):
-        idx = epoch_indices(n, epoch, w.rank, w.world, t.seed)
         noise = torch.Generator().manual_seed(mix(t.seed, epoch, w.rank))
         sums = torch.zeros(4, device=w.device)
         t0 = last = time.perf_counter()
-        for s in range(steps):
-            b = idx[s * t.batch_size:(s + 1) * t.batch_size]
-            real = to_float(images[b]).to(w.device)
-            z = torch.randn(len(b), t.model.z_dim, generator=noise).to(w.device)
+        for s, (batch, _) in enumerate(stream.epoch(epoch, w.rank, w.world, t.batch_size, t.seed)):
+            real = to_float(batch).to(w.device)
+            z = torch.randn(len(batch), t.model.z_dim, generator=noise).to(w.device)
             out = step(G, D, opt_g, opt_d, real, z)
             sums += out
             global_step += 1

@@ -13,21 +13,18 @@ import time
 import torch
 
 from pipeline.families.vae.model import VAE, bits_per_dim, kl_weight
-from pipeline.image.data import read_all, to_float
+from pipeline.image.data import to_float
 from pipeline.image.grid import GRID, grid_png
 from pipeline.train.checkpoint import load_part, save_parts, set_rng_state
 from pipeline.train.worker import (
     PROGRESS_EVERY_S,
     Progress,
-    epoch_indices,
     mix,
-    quiet_worker_logs,
     report_epoch,
     restore_optimizer,
     resumed,
     seed_worker,
     start_worker,
-    steps_per_epoch,
     unwrap,
     world_nodes,
     write_samples,
@@ -47,11 +44,16 @@ class VAEProgress(Progress):
                 f"(step {self.global_step})")
 
 
+def heldout_period(heldout: float) -> int | None:
+    """Every k-th example (in source order) is held out, k = round(1 / heldout); None when nothing is."""
+    return max(2, round(1.0 / heldout)) if heldout > 0 else None
+
+
 def heldout_mask(n: int, heldout: float) -> torch.Tensor:
-    """True for the examples (in key order) that training never sees: every k-th, k = round(1 / heldout)."""
-    if heldout <= 0:
+    """True for the examples (in source order) that training never sees: every k-th, k = round(1 / heldout)."""
+    period = heldout_period(heldout)
+    if period is None:
         return torch.zeros(n, dtype=torch.bool)
-    period = max(2, round(1.0 / heldout))
     return torch.arange(n) % period == period - 1
 
 
@@ -81,11 +83,10 @@ def loop(config: dict) -> None:
     w = start_worker(config)
     t = w.cfg.job.train
     cfg = t.model
-    images, labels = read_all(ray.train.get_dataset_shard("train"))
-    quiet_worker_logs()  # Ray Data's logging setup on first use resets what Ray Train configured
-    train_idx = torch.nonzero(~heldout_mask(len(images), cfg.heldout)).squeeze(1)
-    n = len(train_idx)
-    steps = steps_per_epoch(n, w.world, t.batch_size)
+    # this worker's part of every epoch, from the data cache (pipeline.image.stream), without the held-out rows
+    stream = w.cfg.data.stream(skip_every=heldout_period(cfg.heldout))
+    n = stream.count
+    steps = stream.steps(w.world, t.batch_size)
     dims = cfg.channels * cfg.image_size * cfg.image_size
     model = build_vae(t)
     ck, rng = w.resume((PART,))
@@ -103,15 +104,13 @@ def loop(config: dict) -> None:
     w.progress(VAEProgress("start", start_epoch, t.epochs, steps=steps, global_step=global_step,
                            resumed_from=resumed_from, world_size=w.world, nodes=world_nodes(w.world)))
     for epoch in range(start_epoch, t.epochs):
-        idx = train_idx[epoch_indices(n, epoch, w.rank, w.world, t.seed)]
         noise = torch.Generator().manual_seed(mix(t.seed, epoch, w.rank))
         sums = torch.zeros(3, dtype=torch.float64, device=w.device)  # nll, kl, loss (per image, nats)
         t0 = last = time.perf_counter()
-        for s in range(steps):
-            b = idx[s * t.batch_size:(s + 1) * t.batch_size]
-            x = to_float(images[b]).to(w.device)
-            y = labels[b].to(w.device) if cfg.conditional else None
-            eps = torch.randn(len(b), cfg.z_dim, generator=noise).to(w.device)
+        for s, (batch, batch_labels) in enumerate(stream.epoch(epoch, w.rank, w.world, t.batch_size, t.seed)):
+            x = to_float(batch).to(w.device)
+            y = batch_labels.to(w.device) if cfg.conditional else None
+            eps = torch.randn(len(batch), cfg.z_dim, generator=noise).to(w.device)
             # 1. the negative ELBO with the warmed-up KL weight, per dimension
             nll, kl = model(eps, y, x=x)
             beta = kl_weight(cfg, global_step)
