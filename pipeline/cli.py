@@ -221,6 +221,10 @@ def train(job: JobArg, set_: SetOpt = None, verbose: VerboseOpt = False) -> None
     ran = f"epochs {result.epochs_run[0] + 1}-{result.epochs_run[-1] + 1}" if result.epochs_run else "no epochs"
     typer.echo(f"trained {ran} of {result.epochs} in {result.seconds:.0f}s ({result.global_step} steps; "
                f"{result.detail})")
+    if result.data.get("cache"):
+        built = result.data.get("cache_built_s")
+        typer.echo(f"data: {result.data.get('count', 0):,} {result.data.get('unit', 'examples')}, streamed from "
+                   f"{result.data['cache']} ({f'decoded into it in {built:.0f}s' if built is not None else 'reused'})")
     typer.echo(f"checkpoints: {result.run_uri}")
     typer.echo(f"model package: {result.package_uri}  (sha256 {result.model_sha256[:12]})")
     _log_line()

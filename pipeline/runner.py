@@ -173,7 +173,8 @@ def _run_stages(job: JobSpec, summary: RunSummary, record: RunRecord, stage: lis
             _add(summary, record, StageOutcome("train", "done", time.monotonic() - t0, [res.package_uri],
                                                res.detail or f"{res.epochs} epochs"))
         record.usage["train"] = {"cpu_s": round(float(res.usage.get("cpu_s", 0.0)) + time.process_time() - cpu0, 2),
-                                 "gpu_s": float(res.usage.get("gpu_s", 0.0)), "workers": res.usage.get("workers", 0)}
+                                 "gpu_s": float(res.usage.get("gpu_s", 0.0)), "workers": res.usage.get("workers", 0),
+                                 **({"peak_rss_mb": res.usage["peak_rss_mb"]} if "peak_rss_mb" in res.usage else {})}
 
     if job.evaluate is not None:
         cpu0 = time.process_time()

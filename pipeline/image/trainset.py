@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,7 @@ class TrainData:
     classes: list[str] = field(default_factory=list)  # class names by label id, when known
     storage: Any = None  # the StorageSpec the cache is read with
     window: int = 16384  # train.data.shuffle_window
+    built_s: float | None = None  # seconds this call spent decoding into the cache; None: an existing one was read
 
     def stream(self, skip_every: int | None = None) -> Stream:
         """The rows as a worker streams them (``skip_every``: every k-th row in source order left out)."""
@@ -66,7 +68,7 @@ class TrainData:
         return {"source": self.source, "uri": absolute_uri(self.uri) if self.uri else None, "count": self.count,
                 "unit": "images", "fingerprint": self.fingerprint, "image_size": self.image_size,
                 "channels": self.channels, "labelled": self.labelled, "num_labels": self.num_labels,
-                "classes": self.classes}
+                "classes": self.classes, "cache": absolute_uri(self.cache.uri), "cache_built_s": self.built_s}
 
 
 # --------------------------------------------------------------------------------------------- entry
@@ -135,6 +137,7 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
     root = _cache_root(storage)
     key = cache_key(described, source_listing(_source_uri(spec), storage))
     cache = open_cache(root, key, storage)
+    started, built_s = time.perf_counter(), None
     if cache is None:
         with _quiet_ray_data(), _ray_errors(where):
             if reader is not None:
@@ -159,9 +162,11 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
                 if str(exc).startswith("the dataset is empty"):
                     raise PipelineError(f"{where}: the dataset is empty (no rows to train on)") from None
                 raise
+        built_s = round(time.perf_counter() - started, 2)
     return TrainData(cache=cache, count=cache.count, fingerprint=cache.fingerprint, source=spec.source,
                      uri=spec.uri, image_size=model.image_size, channels=model.channels, labelled=cache.labelled,
-                     num_labels=cache.num_labels, classes=cache.classes, storage=storage, window=spec.shuffle_window)
+                     num_labels=cache.num_labels, classes=cache.classes, storage=storage, window=spec.shuffle_window,
+                     built_s=built_s)
 
 
 def read_all(data: TrainData) -> tuple[torch.Tensor, torch.Tensor]:

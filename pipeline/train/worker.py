@@ -224,20 +224,24 @@ _STARTED = time.monotonic()  # this worker process's start (its module import), 
 def worker_usage() -> dict[str, float]:
     """CPU-seconds (user + system, every thread) and GPU-seconds of every worker process of the run so far,
     summed over the ranks (an all-reduce when a process group is up): each process's own use, not wall
-    time times slots. A GPU-second is a second a worker held its GPU (CUDA keeps no busy-time counter)."""
+    time times slots. A GPU-second is a second a worker held its GPU (CUDA keeps no busy-time counter).
+    ``peak_rss_mb`` is the largest worker's peak resident memory (what the data stream keeps flat)."""
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
     gpu = time.monotonic() - _STARTED if torch.cuda.is_available() and torch.cuda.is_initialized() else 0.0
     x = torch.tensor([ru.ru_utime + ru.ru_stime, gpu, 1.0], dtype=torch.float64)
+    peak = torch.tensor([ru.ru_maxrss / 1024.0], dtype=torch.float64)  # KiB on Linux
     dist = torch.distributed
     if dist.is_available() and dist.is_initialized():
         on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else x.device
-        y = x.to(on)
+        y, p = x.to(on), peak.to(on)
         dist.all_reduce(y)
-        x = y.cpu()
+        dist.all_reduce(p, op=dist.ReduceOp.MAX)
+        x, peak = y.cpu(), p.cpu()
     cpu, gpu, workers = x.tolist()
-    return {"cpu_s": round(cpu, 2), "gpu_s": round(gpu, 2), "workers": int(workers)}
+    return {"cpu_s": round(cpu, 2), "gpu_s": round(gpu, 2), "workers": int(workers),
+            "peak_rss_mb": round(float(peak.item()), 1)}
 
 
 def report_epoch(cfg: LoopConfig, epoch: int, rank: int, metrics: dict[str, Any], history: list[dict],
