@@ -18,8 +18,7 @@ Sources:
 * ``parquet``: a column of image bytes (``bytes`` or a ``{bytes, path}`` struct, as Hugging Face
   datasets write it) plus an optional integer label column.
 
-Images are converted to the model's channels (``channels: 4`` keeps their alpha, see :func:`_fit`),
-centre-cropped to a square and resized. Any
+Images are converted to the model's channels, centre-cropped to a square and resized. Any
 problem (no images, unreadable or undecodable file, bad label) is a :class:`PipelineError`
 naming the URI or the file. Try it::
 
@@ -105,23 +104,18 @@ def _to_8bit(img: Any) -> Any:
 
 
 def _fit(img: Any, size: int, channels: int, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """A PIL image → uint8 (channels, size, size): upright, 8-bit, alpha composited or kept, centre-cropped, resized.
+    """A PIL image → uint8 (channels, size, size): upright, 8-bit, alpha composited, centre-cropped, resized.
 
     * EXIF orientation is applied (a phone photo stored on its side comes out upright);
     * 16-bit greyscale is scaled to 8 bits, not clipped;
-    * with 1 or 3 channels, transparency (RGBA, LA, a palette's transparent index) is composited on
-      ``background``; with 4 (RGBA) it is kept, as straight (not premultiplied) alpha as PNG stores it,
-      and an image without any is opaque. Pillow resizes RGBA premultiplied (no fringe from hidden
-      colours), and every fully transparent pixel is then set to (0, 0, 0, 0): the colour under alpha 0
-      is invisible, so the model is never asked to learn it.
+    * transparency (RGBA, LA, a palette's transparent index) is composited on ``background``, except with
+      4 channels: straight RGBA, resized premultiplied, fully transparent pixels (0, 0, 0, 0) (README: Alpha).
     """
     from PIL import Image, ImageOps
 
     img = _to_8bit(ImageOps.exif_transpose(img))
-    if channels == 4:
-        img = img.convert("RGBA")
-    elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info) \
-            or (img.mode in ("L", "RGB") and "transparency" in img.info):
+    if channels != 4 and (img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+                          or (img.mode in ("L", "RGB") and "transparency" in img.info)):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (*background, 255))
         flat.alpha_composite(rgba)
@@ -130,8 +124,7 @@ def _fit(img: Any, size: int, channels: int, background: tuple[int, int, int] = 
     if img.size != (size, size):
         img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.uint8)
-    if channels == 4:
-        arr = np.where(arr[:, :, 3:] == 0, np.uint8(0), arr)
+    arr = np.where(arr[:, :, 3:] == 0, np.uint8(0), arr) if channels == 4 else arr  # no colour under alpha 0
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
