@@ -38,7 +38,7 @@ from helpers import require_system, require_watermark
 
 ROOT = Path(__file__).resolve().parents[1]
 DATE = "2026-11-28"
-# the first test to use `run` pays for it: 70-100 s on 2 shared cores (3x and more)
+# the first test to use `run` pays for it: 50-130 s on 2 shared cores (load 3 to 20); 3x and more
 RUN_TIMEOUT = 600
 CHAIN_ENV, KEY_ENV = "AIGC_TEST_RGBA_CHAIN", "AIGC_TEST_RGBA_KEY"
 CHECKER = (204, 204, 204)  # the report's checkerboard grey (#ccc)
