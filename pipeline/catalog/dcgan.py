@@ -22,7 +22,8 @@ class DCGANConfig(ModelConfig):
 
     arch: Literal["dcgan"] = Field("dcgan", description="Architecture name in the model registry.")
     image_size: Literal[28, 32, 64] = Field(32, description="Output side in pixels.")
-    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
+    channels: Literal[1, 3, 4] = Field(1, description="1 = grayscale, 3 = RGB, 4 = RGBA (the data's alpha kept,"
+                                                      " straight).")
     z_dim: int = Field(64, ge=1, le=4096, description="Latent vector size.")
     g_width: int = Field(64, ge=4, le=1024, description="Generator base feature width.")
     d_width: int = Field(64, ge=4, le=1024, description="Discriminator base feature width.")

@@ -21,7 +21,8 @@ class VAEConfig(ModelConfig):
 
     arch: Literal["vae"] = Field(..., description="`vae`: a conditional convolutional variational autoencoder.")
     image_size: Literal[28, 32, 64] = Field(32, description="Output side in pixels.")
-    channels: Literal[1, 3] = Field(1, description="1 = grayscale, 3 = RGB.")
+    channels: Literal[1, 3, 4] = Field(1, description="1 = grayscale, 3 = RGB, 4 = RGBA (the data's alpha kept,"
+                                                      " straight).")
     z_dim: int = Field(32, ge=1, le=4096, description="Latent vector size.")
     width: int = Field(32, ge=4, le=1024, description="Base feature width of encoder and decoder.")
     conditional: bool = Field(True, description="Encoder and decoder see the class (a label embedding); prompts then "

@@ -80,21 +80,23 @@ def _fit(img: Any, size: int, channels: int, background: tuple[int, int, int] = 
 
     * EXIF orientation is applied (a phone photo stored on its side comes out upright);
     * 16-bit greyscale is scaled to 8 bits, not clipped;
-    * transparency (RGBA, LA, a palette's transparent index) is composited on ``background``.
+    * transparency (RGBA, LA, a palette's transparent index) is composited on ``background``, except with
+      4 channels: straight RGBA, resized premultiplied, fully transparent pixels (0, 0, 0, 0) (README: Alpha).
     """
     from PIL import Image, ImageOps
 
     img = _to_8bit(ImageOps.exif_transpose(img))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info) \
-            or (img.mode in ("L", "RGB") and "transparency" in img.info):
+    if channels != 4 and (img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+                          or (img.mode in ("L", "RGB") and "transparency" in img.info)):
         rgba = img.convert("RGBA")
         flat = Image.new("RGBA", rgba.size, (*background, 255))
         flat.alpha_composite(rgba)
         img = flat
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = img.convert({1: "L", 3: "RGB", 4: "RGBA"}[channels])
     if img.size != (size, size):
         img = ImageOps.fit(img, (size, size), method=Image.Resampling.BICUBIC)
     arr = np.asarray(img, dtype=np.uint8)
+    arr = np.where(arr[:, :, 3:] == 0, np.uint8(0), arr) if channels == 4 else arr  # no colour under alpha 0
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 

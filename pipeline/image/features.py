@@ -8,6 +8,11 @@ probabilities. Unlabelled data gets a small convolutional autoencoder instead (i
 are the features, and there is no classifier score). The extractor is trained with one thread
 (bit-identical weights for any model evaluated on the same data) and stored as safetensors +
 JSON, manifest, ``_SUCCESS`` in ``<package>.eval/extractor/<key>/``.
+
+RGBA images (4 channels) go in as *premultiplied* RGBA, four input channels: colour times alpha,
+and alpha. What a viewer sees of a pixel is then all the extractor sees (the colour under alpha 0,
+invisible, counts for nothing, and a faint pixel's colour only as much as it shows), while the
+shape of the transparency stays a feature of its own, which compositing on a background would lose.
 """
 
 from __future__ import annotations
@@ -83,6 +88,15 @@ def train_autoencoder(images: torch.Tensor, *, epochs: int = AUTOENCODER_EPOCHS,
     return model.eval()
 
 
+def extractor_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, C, S, S) → the extractor's float input in [-1, 1]; RGBA premultiplied (see above)."""
+    x = to_float(images)
+    if x.shape[1] == 4:
+        alpha = (x[:, 3:] + 1) / 2
+        x = torch.cat([(x[:, :3] + 1) * alpha - 1, x[:, 3:]], dim=1)
+    return x
+
+
 @dataclass
 class FeatureExtractor:
     """A trained feature network: ``classifier`` (features + class probabilities) or ``autoencoder``."""
@@ -95,7 +109,8 @@ class FeatureExtractor:
     @torch.inference_mode()
     def features(self, images: np.ndarray) -> np.ndarray:
         """float64 (N, 128) features of uint8 images."""
-        out = [self.net.features(to_float(images[i:i + FEATURE_BATCH])) for i in range(0, len(images), FEATURE_BATCH)]
+        out = [self.net.features(extractor_input(images[i:i + FEATURE_BATCH]))
+               for i in range(0, len(images), FEATURE_BATCH)]
         return torch.cat(out).double().numpy()
 
     @torch.inference_mode()
@@ -103,7 +118,7 @@ class FeatureExtractor:
         """Class probabilities (N, classes) of uint8 images; None for an autoencoder."""
         if self.kind != "classifier":
             return None
-        out = [F.softmax(self.net(to_float(images[i:i + FEATURE_BATCH])), 1)
+        out = [F.softmax(self.net(extractor_input(images[i:i + FEATURE_BATCH])), 1)
                for i in range(0, len(images), FEATURE_BATCH)]
         return torch.cat(out).double().numpy()
 
@@ -135,7 +150,7 @@ def _build_extractor(meta: dict[str, Any]) -> nn.Module:
 
 
 def _train_extractor(kind: str, real: RealData, split: Split, num_classes: int, seed: int) -> tuple[nn.Module, dict]:
-    x_ref, x_held = to_float(real.images[split.reference]), to_float(real.images[split.heldout])
+    x_ref, x_held = extractor_input(real.images[split.reference]), extractor_input(real.images[split.heldout])
     with one_thread():
         if kind == "classifier":
             y_ref, y_held = torch.from_numpy(real.labels[split.reference]), torch.from_numpy(real.labels[split.heldout])

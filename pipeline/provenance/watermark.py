@@ -6,7 +6,8 @@ their metadata says so (:func:`apply`). A mark is applied only when it reads bac
 image stays within ``min_psnr`` of the original; otherwise the image is left as it was and the
 record says why. The payload is 8 bytes: ``aigc`` and the first 4 bytes of the model sha256.
 
-The mark goes into the luma (Y) of a gray image and the chroma (U) of a colour one, through
+The mark goes into the luma (Y) of a gray image and the chroma (U) of a colour one (of an RGBA
+image, its RGB: the alpha is kept as it is, and decoding reads the RGB alone), through
 float arithmetic (the package's uint8 path wraps values near 0 and 255 around), then rounded. It
 is deterministic: the same pixels and payload give the same bytes.
 
@@ -30,8 +31,9 @@ def payload_for(model_sha256: str) -> bytes:
 
 
 def _bgr(pixels: np.ndarray) -> np.ndarray:
+    """The package's BGR picture of gray, RGB or RGBA pixels (alpha is not marked)."""
     px = pixels if pixels.ndim == 3 else pixels[:, :, None]
-    return np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px[:, :, 2::-1]
+    return np.repeat(px, 3, axis=2) if px.shape[2] == 1 else px[:, :, 2::-1]  # RGB(A) -> BGR
 
 
 def _scales(pixels: np.ndarray) -> list[int]:
@@ -58,7 +60,8 @@ def read(pixels: np.ndarray, method: str = "dwtDctSvd", length: int = 8) -> byte
 def apply(pixels: np.ndarray, payload: bytes, method: str = "dwtDctSvd",
           min_psnr: float = 30.0) -> tuple[np.ndarray, dict[str, Any]]:
     """(pixels, record): the marked image and ``{"applied": True, ...}``, or the image unchanged and
-    ``{"applied": False, "reason": ...}``. ``pixels`` is HxW or HxWxC uint8 (C = 1 or 3)."""
+    ``{"applied": False, "reason": ...}``. ``pixels`` is HxW or HxWxC uint8 (C = 1, 3, or 4: RGBA, whose
+    alpha is kept and whose PSNR is the RGB's)."""
     h, w = pixels.shape[:2]
     base = {"method": f"invisible-watermark {method}", "payload": payload.hex()}
     if too_small(pixels):
@@ -71,8 +74,11 @@ def apply(pixels: np.ndarray, payload: bytes, method: str = "dwtDctSvd",
     marked = enc.encode(_bgr(pixels).astype(np.float32), method, scales=_scales(pixels))
     marked = np.clip(np.rint(marked), 0, 255).astype(np.uint8)
     out = marked[:, :, 0] if (pixels.ndim == 2 or pixels.shape[2] == 1) else marked[:, :, 2::-1]
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        out = np.concatenate([out, pixels[:, :, 3:]], axis=2)
     out = np.ascontiguousarray(out.reshape(pixels.shape))
-    err = float(np.mean((out.astype(np.float64) - pixels.astype(np.float64)) ** 2))
+    colour = slice(0, 3) if pixels.ndim == 3 and pixels.shape[2] == 4 else slice(None)
+    err = float(np.mean((out[..., colour].astype(np.float64) - pixels[..., colour].astype(np.float64)) ** 2))
     psnr = 99.0 if err == 0 else float(10 * np.log10(255.0 ** 2 / err))
     if read(out, method, len(payload)) != payload:
         return pixels, {"applied": False, "reason": "the mark does not read back from this image", **base}

@@ -1,5 +1,9 @@
 """HTML building blocks of the report pages: the page shell, escaping, relative links, tables and
-the gate's pass/fail cell. No pipeline imports: every layer that renders a section uses these."""
+the gate's pass/fail cell. No pipeline imports: every layer that renders a section uses these.
+
+Pixel images (``img.px``: sample grids, gallery cards, closest pairs) lie on a grey-and-white
+checkerboard, so an RGBA asset's transparency shows as such; an opaque image covers it.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ table{border-collapse:collapse;margin:.6rem 0}\
 td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#16794a;font-weight:600}.bad{color:#b3261e;font-weight:600}.note{color:#666;font-size:.9rem}
-img.px{image-rendering:pixelated}.grids{display:flex;flex-wrap:wrap;gap:1rem}.grids figure{margin:0}
+img.px{image-rendering:pixelated;background:#fff conic-gradient(#ccc 25%,#fff 0 50%,#ccc 0 75%,#fff 0) 0 0/12px 12px}\
+.grids{display:flex;flex-wrap:wrap;gap:1rem}.grids figure{margin:0}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:.8rem}
 .card{border:1px solid #ddd;border-radius:6px;padding:.5rem;font-size:.75rem;overflow-wrap:anywhere}
 .card img{width:96px;height:96px;display:block;margin:0 auto .4rem}.card table{width:100%;margin:0}

@@ -1,6 +1,6 @@
 """DCGAN generator and discriminator (Radford et al. 2015), sized from a :class:`DCGANConfig`.
 
-* ``image_size`` 28, 32 or 64; 1 or 3 channels; configurable ``z_dim`` and widths.
+* ``image_size`` 28, 32 or 64; 1, 3 or 4 (RGBA) channels; configurable ``z_dim`` and widths.
 * G doubles its feature maps with transposed convs (DCGAN) or upsample + 3x3 conv
   (``g_upsample``); D can add a minibatch standard-deviation feature (``d_minibatch_std``).
 * Optional class conditioning: G concatenates a condition vector to z (a label embedding by
