@@ -9,12 +9,13 @@ up to 3 pixels and lightly noised, so no two are alike) as Parquet in the Huggin
 one ``aigc train`` of the first N rows (``train.data.limit``): a small class-conditioned DCGAN (widths
 8, batch 256 per worker), 2 Ray Train workers, one epoch, so the data path weighs as much as it can.
 
-It prints, per size: the driver's peak RSS (the ``aigc train`` process's own VmHWM), the largest
-training worker's peak RSS (``usage.peak_rss_mb`` in the last checkpoint's state.json: each worker's
-``ru_maxrss``, max over the ranks), the training images/s of the epoch (the loop's own figure: every rank's steps x batch over
-the epoch's wall time), and the time to build the data cache (decode + write; a rerun reuses it). The
-baseline is the smallest size, measured in the same run: the targets are worker peak RSS at 1.2M <=
-1.2x the peak at 60k, and images/s within 10 % across the sizes.
+It prints, per size: the driver's peak RSS (the ``aigc train`` process's own VmHWM), the
+largest training worker's peak RSS (``usage.peak_rss_mb`` in the last checkpoint's state.json:
+each worker's ``ru_maxrss``, max over the ranks), the training images/s of the epoch (the loop's
+own figure: every rank's steps x batch over the epoch's wall time), and the time to build the data
+cache (decode + write; a rerun reuses it). The baseline is the smallest size, measured in the
+same run: the targets are worker peak RSS at 1.2M <= 1.2x the peak at 60k, and images/s within
+10 % across the sizes.
 """
 
 from __future__ import annotations
