@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError, StorageError
 from pipeline.image.data import read_source_file
-from pipeline.storage import open_fs
+from pipeline.storage import open_fs, pyarrow_fs
 
 AUDIO_EXTENSIONS = (".wav", ".flac")
 NO_LABEL = -1
@@ -137,16 +137,6 @@ def _decode_parquet(table: Any, uri: str, column: str, label_column: str | None,
     return _rows(keys, clips, labels)
 
 
-def _pyarrow_fs(fs: Any) -> Any:
-    """An fsspec filesystem as a pyarrow one (as pipeline.image.data does; importing it here would be a cycle)."""
-    import pyarrow.fs as pafs
-
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols or "local" in protocols:
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
 def audio_dataset(spec: Any, model: Any, storage: Any) -> tuple[Any, list[str]]:
     """The Ray Data dataset of ``train.data`` (source ``audio``) and its class names."""
     import pyarrow.parquet as pq
@@ -168,7 +158,7 @@ def audio_dataset(spec: Any, model: Any, storage: Any) -> tuple[Any, list[str]]:
         raise PipelineError(f"{spec.uri}: no column '{spec.audio_column}' (train.data.audio_column); columns are "
                             f"{', '.join(names)}")
     label_column = spec.label_column if spec.label_column and spec.label_column in names else None
-    ds = ray.data.read_parquet([p for p, _ in files], filesystem=_pyarrow_fs(fs), include_paths=True) \
+    ds = ray.data.read_parquet([p for p, _ in files], filesystem=pyarrow_fs(fs), include_paths=True) \
         .select_columns([spec.audio_column] + ([label_column] if label_column else []) + ["path"])
     if spec.limit:
         ds.context.execution_options.preserve_order = True

@@ -39,7 +39,7 @@ from pipeline.checks import background_rgb
 from pipeline.errors import PipelineError, StorageError
 from pipeline.image.sources import read_raw
 from pipeline.specs.schema import DataSpec, StorageSpec
-from pipeline.storage import open_fs
+from pipeline.storage import open_fs, pyarrow_fs
 
 # `model` below is an image family's configuration: what is read is its image_size and channels,
 # and, when it is conditional, its num_classes (the range labels must lie in).
@@ -130,16 +130,6 @@ def _rows(keys: list[str], images: list[np.ndarray], labels: list[int]) -> dict[
     return {"key": np.array(keys, dtype=object), "image": np.stack(images),
             "label": np.asarray(labels, dtype=np.int64),
             "sha": np.array([_row_sha(i, label) for i, label in zip(images, labels)], dtype=object)}
-
-
-def pyarrow_fs(fs: Any) -> Any:
-    """An fsspec filesystem as a pyarrow one (what Ray Data and Ray Train take)."""
-    import pyarrow.fs as pafs
-
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols or "local" in protocols:
-        return pafs.LocalFileSystem()
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
 # --------------------------------------------------------------------------------------------- digits

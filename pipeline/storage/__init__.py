@@ -25,6 +25,7 @@ from pipeline.storage.store import (
                                     Store,
                                     join,
                                     open_fs,
+                                    pyarrow_fs,
                                     request_delta,
                                     safe_relpath,
                                     storage_options,
@@ -34,6 +35,7 @@ from pipeline.storage.verify import VerifyReport, verify
 __all__ = [
     "LOCK", "MANIFEST", "MANIFEST_FORMAT", "REQUEST_KINDS", "SHARDS_DIR", "SUCCESS", "FileRecord", "NotFound",
     "StorageError", "Store", "VerifyReport", "WorkerEnv", "absolute_uri", "commit_shard", "committed_shards",
-    "is_published", "join", "json_bytes", "open_fs", "package_versions", "publish", "records", "request_delta",
-    "resolve_recorded", "safe_relpath", "sha256", "shard_index_path", "storage_options", "verify", "worker_env",
+    "is_published", "join", "json_bytes", "open_fs", "package_versions", "pyarrow_fs", "publish", "records",
+    "request_delta", "resolve_recorded", "safe_relpath", "sha256", "shard_index_path", "storage_options", "verify",
+    "worker_env",
 ]

@@ -196,3 +196,13 @@ class RequestCounter:
 def request_delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     """``after - before``, key by key (two :meth:`Store.requests` snapshots)."""
     return {k: v - before.get(k, 0) for k, v in after.items()}
+
+
+def pyarrow_fs(fs: fsspec.AbstractFileSystem) -> Any:
+    """An fsspec filesystem as a pyarrow one (what Ray Data and Ray Train take)."""
+    import pyarrow.fs as pafs
+
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))

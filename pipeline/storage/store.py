@@ -41,6 +41,7 @@ from pipeline.storage.backend import (  # noqa: F401 - re-exported
     _describe,
     _strip,
     open_fs,
+    pyarrow_fs,
     request_delta,
     storage_options,
 )

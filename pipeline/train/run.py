@@ -18,10 +18,9 @@ from typing import Any
 
 from pipeline.checks import uri_scheme
 from pipeline.errors import PipelineError
-from pipeline.image.data import pyarrow_fs
 from pipeline.layout import checkpoints_uri
 from pipeline.specs.schema import JobSpec
-from pipeline.storage import open_fs
+from pipeline.storage import open_fs, pyarrow_fs
 from pipeline.train.checkpoint import MODELS_FILE, OPTIM_FILE, STATE_FILE, rng_file
 
 
