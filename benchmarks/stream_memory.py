@@ -7,7 +7,9 @@ The benchmark writes its own source once: 1.2M 32x32 grey PNGs (the embedded dig
 up to 3 pixels and lightly noised, so no two are alike) as Parquet in the Hugging Face layout
 (``image`` {bytes, path}, ``label``), 12 files of 100,000 rows, in ``--workdir``. Each size N is then
 one ``aigc train`` of the first N rows (``train.data.limit``): a small class-conditioned DCGAN (widths
-8, batch 256 per worker), 2 Ray Train workers, one epoch, so the data path weighs as much as it can.
+8, batch 256 per worker), 2 Ray Train workers, so the data path weighs as much as it can; each size
+trains on about ``--images`` images (600,000: 10 epochs of 60k, one of 600k or 1.2M), and images/s
+leaves out the first epoch when there is more than one.
 
 It prints, per size: the driver's peak RSS (the ``aigc train`` process's own VmHWM), the
 largest training worker's peak RSS (``usage.peak_rss_mb`` in the last checkpoint's state.json:
@@ -76,7 +78,8 @@ def write_source(folder: Path, total: int) -> None:
     done.write_text(json.dumps({"total": total}))
 
 
-def run_size(workdir: Path, source: Path, n: int, total: int, epochs: int) -> dict:
+def run_size(workdir: Path, source: Path, n: int, total: int, images: int) -> dict:
+    epochs = max(1, -(-images // n))  # every size trains on about as many images: a short epoch's start weighs less
     root = workdir / f"out-{n}"
     job = {"name": f"stream-{n}", "storage": {"root": str(root)},
            "train": {"data": {"source": "parquet", "uri": str(source), **({"limit": n} if n < total else {})},
@@ -109,16 +112,19 @@ def run_size(workdir: Path, source: Path, n: int, total: int, epochs: int) -> di
         raise SystemExit(f"aigc train failed for N={n}:\n{out[-3000:]}")
     meta = json.loads(next((root / "models" / f"stream-{n}").glob("*/model.json")).read_text())
     history = meta["metrics"]
+    steady = history[1:] if len(history) > 1 else history  # the first epoch warms up (allocations, first window)
     cache_s = meta["data"].get("cache_built_s") or float("nan")
     state = json.loads(Path(meta["checkpoint"], "state.json").read_text())  # the workers' usage, all ranks
     return {"n": n, "driver_rss_mb": peak[0] / 1024, "worker_rss_mb": state["usage"]["peak_rss_mb"],
-            "images_s": history[-1]["images/s"], "epoch_s": history[-1]["seconds"], "wall_s": wall, "cache_s": cache_s}
+            "images_s": sum(h["images/s"] * h["seconds"] for h in steady) / sum(h["seconds"] for h in steady),
+            "epoch_s": history[-1]["seconds"], "epochs": len(history), "wall_s": wall, "cache_s": cache_s}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[60_000, 600_000, 1_200_000])
-    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--images", type=int, default=600_000, help="images each size trains on (epochs = this / size, "
+                                                                "at least 1); images/s leaves out the first epoch")
     ap.add_argument("--workdir", default="/tmp/aigc-bench-stream")
     args = ap.parse_args()
     workdir = Path(args.workdir)
@@ -128,10 +134,11 @@ def main() -> None:
     rows = []
     for n in sorted(args.sizes):
         print(f"training on {n:,} images ...", flush=True)
-        rows.append(run_size(workdir, source, n, total, args.epochs))
+        rows.append(run_size(workdir, source, n, total, args.images))
         r = rows[-1]
         print(f"  worker peak RSS {r['worker_rss_mb']:,.0f} MiB, driver {r['driver_rss_mb']:,.0f} MiB, "
-              f"{r['images_s']:,.0f} images/s, epoch {r['epoch_s']:,.0f} s, wall {r['wall_s']:,.0f} s", flush=True)
+              f"{r['images_s']:,.0f} images/s, {r['epochs']} epoch(s) of {r['epoch_s']:,.0f} s, "
+              f"wall {r['wall_s']:,.0f} s", flush=True)
     base = rows[0]
     print(f"\n{'images':>10} {'worker peak RSS':>16} {'x':>6} {'driver peak RSS':>16} {'x':>6} {'images/s':>9} "
           f"{'x':>6} {'cache build':>12}")
