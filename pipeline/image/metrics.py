@@ -140,27 +140,31 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
     return precision, recall
 
 
-def _pixel_rows(images: np.ndarray) -> np.ndarray:
+def _pixel_rows(images: np.ndarray) -> torch.Tensor:
     """uint8 images → float64 rows scaled so that Euclidean distance is the RMS difference per pixel in [0, 1]."""
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    return flat / (255.0 * math.sqrt(flat.shape[1]))
+    flat = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1)).to(torch.float64)
+    return flat.div_(255.0 * math.sqrt(flat.shape[1]))
 
 
 def nearest(query: np.ndarray, base: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(RMS pixel distance, index) of each query image's nearest ``base`` image (both uint8 N×C×S×S).
 
     ``exclude[i]`` is a base index query i must not match (leave-one-out). Both sets are walked in
-    blocks converted on the fly, so memory stays bounded for large RGB datasets.
+    blocks converted on the fly, so memory stays bounded for large RGB datasets: at most ~64 MB of
+    query rows, of base rows and of distances at a time (the base is converted once per query block).
     """
     n, m = len(query), len(base)
     dim = int(np.prod(base.shape[1:]))
-    q_chunk, b_chunk = 512, min(8192, max(64, 32_000_000 // dim))  # ≤ 256 MB of base rows per block
+    q_chunk = max(64, min(2048, 8_000_000 // dim))
+    b_chunk = max(64, min(4096, 8_000_000 // dim))
     best, idx = np.full(n, np.inf), np.zeros(n, np.int64)
     for qlo in range(0, n, q_chunk):
-        x, xx = _rows(_pixel_rows(query[qlo:qlo + q_chunk]))
+        x = _pixel_rows(query[qlo:qlo + q_chunk])
+        xx = (x * x).sum(1)
         rows = torch.arange(len(x))
         for blo in range(0, m, b_chunk):
-            y, yy = _rows(_pixel_rows(base[blo:blo + b_chunk]))
+            y = _pixel_rows(base[blo:blo + b_chunk])
+            yy = (y * y).sum(1)
             d2 = _d2(x, xx, y, yy)
             if exclude is not None:
                 own = torch.from_numpy(exclude[qlo:qlo + len(x)] - blo)
