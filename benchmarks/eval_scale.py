@@ -12,7 +12,8 @@ done once per data set and cached, is not timed here). It times :func:`score_ima
 sets, the k-NN manifolds (k = 3), Fréchet distances, the memorization threshold and the pixel nearest
 neighbours of 2N images against the training split, and the per-class figures. Prints each size's
 median time and peak RSS (the process's ``ru_maxrss``; the data alone is reported beside it) and the
-ratios of the large size to the small one.
+ratios of the large size to the small one; CPU seconds beside wall seconds, since on a shared box the
+wall time mostly measures the neighbours.
 """
 
 from __future__ import annotations
@@ -63,11 +64,14 @@ def one(n: int, m: int) -> dict:
     torch.manual_seed(0)
     ex = FeatureExtractor(kind="classifier", net=DigitClassifier(SIZE, 1, CLASSES).eval(), meta={})
     data_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     s = score_images(fake, real, split, ex, k=3, quantile=0.01, seed=0)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"n": n, "m": m, "seconds": seconds, "peak_rss": peak, "data_rss": data_rss,
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    peak = after.ru_maxrss * 1024
+    return {"n": n, "m": m, "seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak, "data_rss": data_rss,
             "fld": s.model.fld, "js": s.classes["distribution"]["model"]["js"]}
 
 
@@ -88,21 +92,24 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, "--one", size], capture_output=True, text=True, check=True)
             rec = json.loads(out.stdout.strip().splitlines()[-1])
             runs[size].append(rec)
-            print(f"round {r + 1}: N={rec['n']:,} vs {rec['m']:,}: {rec['seconds']:.1f} s, peak RSS "
+            print(f"round {r + 1}: N={rec['n']:,} vs {rec['m']:,}: {rec['seconds']:.1f} s ({rec['cpu_seconds']:.1f} "
+                  f"CPU-s), peak RSS "
                   f"{rec['peak_rss'] / 2**20:,.0f} MiB (data alone {rec['data_rss'] / 2**20:,.0f} MiB)", flush=True)
     base = sizes[0]
     b_t = statistics.median(r["seconds"] for r in runs[base])
     b_m = statistics.median(r["peak_rss"] for r in runs[base])
-    print(f"\n{'N vs reference':<20} {'median s':>9} {'peak RSS MiB':>13} {'data MiB':>9} {'time ratio':>11} "
-          f"{'RSS ratio':>10} {'pairs ratio':>12}")
+    b_c = statistics.median(r["cpu_seconds"] for r in runs[base])
+    print(f"\n{'N vs reference':<20} {'median s':>9} {'CPU-s':>8} {'peak RSS MiB':>13} {'data MiB':>9} "
+          f"{'time ratio':>11} {'CPU ratio':>10} {'RSS ratio':>10} {'pairs ratio':>12}")
     for size in sizes:
         t = statistics.median(r["seconds"] for r in runs[size])
+        c = statistics.median(r["cpu_seconds"] for r in runs[size])
         mem = statistics.median(r["peak_rss"] for r in runs[size])
         data = statistics.median(r["data_rss"] for r in runs[size])
         n, m = map(int, size.split(":"))
         bn, bm = map(int, base.split(":"))
-        print(f"{n:,} vs {m:,}".ljust(20) + f" {t:>9.1f} {mem / 2**20:>13,.0f} {data / 2**20:>9,.0f} "
-              f"{t / b_t:>10.1f}x {mem / b_m:>9.2f}x {n * m / (bn * bm):>11.0f}x")
+        print(f"{n:,} vs {m:,}".ljust(20) + f" {t:>9.1f} {c:>8.1f} {mem / 2**20:>13,.0f} {data / 2**20:>9,.0f} "
+              f"{t / b_t:>10.1f}x {c / b_c:>9.1f}x {mem / b_m:>9.2f}x {n * m / (bn * bm):>11.0f}x")
     big = sizes[-1]
     n, m = map(int, big.split(":"))
     print(f"\none N x reference float64 distance matrix at {n:,} x {m:,} would be {n * m * 8 / 2**30:.1f} GiB "
