@@ -109,6 +109,10 @@ def test_report_of_a_generated_batch(batch, tmp_path):
     index = (folder / "index.html").read_text()
     # the metrics table with the floor beside it, curves, every epoch's grid, links to every gallery page
     assert "floor (real vs real)" in index and "FLD" in index and "memorization rate" in index and "N = 50" in index
+    # the per-class table: one row per digit class, the generated share beside the real one
+    per_class = index.split("<h4>Per class</h4>", 1)[1].split("</table>", 1)[0]
+    assert per_class.count("<tr") == 1 + 10 and "generated / real" in per_class
+    assert "Jensen–Shannon divergence" in index and "grouped by the generation label" in index
     assert refs_of(folder / "index.html").imgs == 2 + EPOCHS + 1  # curves, grids, closest pairs
     for name in ("loss.png", "discriminator.png"):
         with Image.open(folder / "assets" / name) as im:
@@ -179,6 +183,8 @@ def test_report_renders_in_headless_chromium(batch, tmp_path):
                              text=True).stdout
         expected = refs_of(folder / page).imgs
         assert f'data-images="{expected}"' in dom and 'data-images-broken="0"' in dom, dom[:300]
+        if page == "index.html":  # the per-class table is in the rendered page
+            assert "<h4>Per class</h4>" in dom and "<table class=\"classes\">" in dom
 
 
 def test_broken_image_is_reported_on_the_page(batch, tmp_path):

@@ -150,10 +150,12 @@ def _build_extractor(meta: dict[str, Any]) -> nn.Module:
 
 
 def _train_extractor(kind: str, real: RealData, split: Split, num_classes: int, seed: int) -> tuple[nn.Module, dict]:
-    x_ref, x_held = extractor_input(real.images[split.reference]), extractor_input(real.images[split.heldout])
+    # its held-out quality: on the whole test split when one is given, else on the floor's N held-out images
+    judged = split.test if split.tested else split.heldout
+    x_ref, x_held = extractor_input(real.images[split.reference]), extractor_input(real.images[judged])
     with one_thread():
         if kind == "classifier":
-            y_ref, y_held = torch.from_numpy(real.labels[split.reference]), torch.from_numpy(real.labels[split.heldout])
+            y_ref, y_held = torch.from_numpy(real.labels[split.reference]), torch.from_numpy(real.labels[judged])
             net = train_classifier(x_ref, y_ref, num_classes=num_classes, epochs=CLASSIFIER_EPOCHS, seed=seed)
             meta = {"num_classes": num_classes, "width": net.conv1.out_channels, "epochs": CLASSIFIER_EPOCHS,
                     "heldout_accuracy": round(accuracy(net, x_held, y_held), 6)}
@@ -162,11 +164,16 @@ def _train_extractor(kind: str, real: RealData, split: Split, num_classes: int, 
             with torch.inference_mode():
                 mse = F.mse_loss(net(x_held), x_held).item()
             meta = {"code": net.code, "width": net.width, "epochs": AUTOENCODER_EPOCHS, "heldout_mse": round(mse, 6)}
+    if split.tested:
+        meta.update(heldout_on="test split", heldout_count=len(judged))
     return net, meta
 
 
 def extractor_key(kind: str, real: RealData, split: Split, num_classes: int, seed: int) -> str:
-    parts = [EXTRACTOR_FORMAT, kind, real.fingerprint, str(split.n), str(seed), str(num_classes),
+    """Its cache key: the data and split it trains on and is judged on. With a test split (whose fingerprint
+    ``real``'s covers) it trains on all the training data and is judged on all the test split, whatever N."""
+    n = f"test:{split.test_fingerprint}" if split.tested else str(split.n)
+    parts = [EXTRACTOR_FORMAT, kind, real.fingerprint, n, str(seed), str(num_classes),
              str(CLASSIFIER_EPOCHS if kind == "classifier" else AUTOENCODER_EPOCHS)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from pipeline.errors import PipelineError
 from pipeline.image.features import FeatureExtractor
-from pipeline.image.realdata import RealData, Split
+from pipeline.image.realdata import RealData, Split, train_images
 from pipeline.models.text_encoder import HELDOUT_TEMPLATES, VERSION, class_words, phrasing
 
 # `model` below is an image family's configuration: its z_dim and, when conditional, num_classes and
@@ -83,79 +83,95 @@ def classifier_score(probs: np.ndarray, eps: float = 1e-12) -> float:
     return float(np.exp(kl.mean()))
 
 
-def _d2(x: np.ndarray, xx: np.ndarray, y: np.ndarray, yy: np.ndarray) -> np.ndarray:
+BLOCK = 8_000_000  # distance-matrix elements per block (64 MB of float64): memory stays bounded at any N
+
+
+def _d2(x: torch.Tensor, xx: torch.Tensor, y: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances between float64 row blocks, given their squared norms."""
-    d2 = xx[:, None] + yy[None, :] - 2 * x @ y.T
+    d2 = torch.addmm(xx[:, None] + yy[None, :], x, y.T, alpha=-2)
     # Rounding leaves ~1e-16 where a row equals a base row; an identical image must read 0, not 1e-8
     # (the smallest real difference, one gray level in one pixel of 64x64x3, is 1.2e-9 squared).
-    d2[d2 < 1e-13] = 0.0
-    return d2
+    return d2.masked_fill_(d2 < 1e-13, 0.0)
 
 
-def _distances(q: np.ndarray, base: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """Euclidean distances from row chunks of ``q`` to all of ``base`` (small feature vectors): (offset, block)."""
-    q, base = np.asarray(q, np.float64), np.asarray(base, np.float64)
-    bb = (base ** 2).sum(1)
-    chunk = max(16, 8_000_000 // max(len(base), 1))  # blocks of at most ~64 MB
-    for lo in range(0, len(q), chunk):
-        x = q[lo:lo + chunk]
-        yield lo, np.sqrt(_d2(x, (x ** 2).sum(1), base, bb))
+def _rows(a: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.from_numpy(np.ascontiguousarray(a, np.float64))
+    return t, (t * t).sum(1)
+
+
+def _distances(q: np.ndarray, base: np.ndarray) -> Iterator[tuple[int, torch.Tensor]]:
+    """Euclidean distances from row blocks of ``q`` to all of ``base`` (small feature vectors): (offset, block).
+    Each block holds at most :data:`BLOCK` distances, so no query × base matrix is ever whole."""
+    x, xx = _rows(q)
+    y, yy = _rows(base)
+    chunk = max(16, BLOCK // max(len(base), 1))
+    for lo in range(0, len(x), chunk):
+        yield lo, _d2(x[lo:lo + chunk], xx[lo:lo + chunk], y, yy).sqrt_()
 
 
 def knn_radii(features: np.ndarray, k: int) -> np.ndarray:
-    """Distance from each point to its k-th nearest other point of the same set."""
+    """Distance from each point to its k-th nearest other point of the same set (blocks; k smallest kept)."""
     if len(features) <= k:
         raise PipelineError(f"evaluate.k: k={k} needs more than {k} samples, got {len(features)}")
     out = np.empty(len(features))
     for lo, d in _distances(features, features):
-        d[np.arange(len(d)), lo + np.arange(len(d))] = np.inf  # not itself
-        out[lo:lo + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
+        rows = torch.arange(len(d))
+        d[rows, lo + rows] = math.inf  # not itself
+        out[lo:lo + len(d)] = d.topk(k, dim=1, largest=False).values[:, k - 1].numpy()
     return out
 
 
 def manifold_coverage(query: np.ndarray, base: np.ndarray, radii: np.ndarray) -> float:
     """Share of ``query`` points inside some ball (``base[j]``, ``radii[j]``)."""
-    inside = 0
+    if not len(query):
+        return math.nan
+    inside, r = 0, torch.from_numpy(np.asarray(radii, np.float64))[None, :]
     for _, d in _distances(query, base):
-        inside += int((d <= radii[None, :]).any(1).sum())
+        inside += int((d <= r).any(1).sum())
     return inside / len(query)
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds."""
-    precision = manifold_coverage(fake, real, knn_radii(real, k))
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                     real_radii: np.ndarray | None = None) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) with k-NN manifolds; ``real_radii``:
+    :func:`knn_radii` of ``real``, when already computed (the model's row and the floor's share it)."""
+    precision = manifold_coverage(fake, real, knn_radii(real, k) if real_radii is None else real_radii)
     recall = manifold_coverage(real, fake, knn_radii(fake, k))
     return precision, recall
 
 
-def _pixel_rows(images: np.ndarray) -> np.ndarray:
+def _pixel_rows(images: np.ndarray) -> torch.Tensor:
     """uint8 images → float64 rows scaled so that Euclidean distance is the RMS difference per pixel in [0, 1]."""
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    return flat / (255.0 * math.sqrt(flat.shape[1]))
+    flat = torch.from_numpy(np.ascontiguousarray(images).reshape(len(images), -1)).to(torch.float64)
+    return flat.div_(255.0 * math.sqrt(flat.shape[1]))
 
 
 def nearest(query: np.ndarray, base: np.ndarray, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(RMS pixel distance, index) of each query image's nearest ``base`` image (both uint8 N×C×S×S).
 
     ``exclude[i]`` is a base index query i must not match (leave-one-out). Both sets are walked in
-    blocks converted on the fly, so memory stays bounded for large RGB datasets.
+    blocks converted on the fly, so memory stays bounded for large RGB datasets: at most ~64 MB of
+    query rows, of base rows and of distances at a time (the base is converted once per query block).
     """
     n, m = len(query), len(base)
     dim = int(np.prod(base.shape[1:]))
-    q_chunk, b_chunk = 512, min(8192, max(64, 32_000_000 // dim))  # ≤ 256 MB of base rows per block
+    q_chunk = max(64, min(2048, 8_000_000 // dim))
+    b_chunk = max(64, min(4096, 8_000_000 // dim))
     best, idx = np.full(n, np.inf), np.zeros(n, np.int64)
     for qlo in range(0, n, q_chunk):
         x = _pixel_rows(query[qlo:qlo + q_chunk])
-        xx, rows = (x ** 2).sum(1), np.arange(len(x))
+        xx = (x * x).sum(1)
+        rows = torch.arange(len(x))
         for blo in range(0, m, b_chunk):
             y = _pixel_rows(base[blo:blo + b_chunk])
-            d2 = _d2(x, xx, y, (y ** 2).sum(1))
+            yy = (y * y).sum(1)
+            d2 = _d2(x, xx, y, yy)
             if exclude is not None:
-                own = exclude[qlo:qlo + len(x)] - blo
+                own = torch.from_numpy(exclude[qlo:qlo + len(x)] - blo)
                 hit = (own >= 0) & (own < len(y))
-                d2[rows[hit], own[hit]] = np.inf
-            j = d2.argmin(1)
-            v = d2[rows, j]
+                d2[rows[hit], own[hit]] = math.inf
+            v, j = d2.min(1)  # the first of equal minima: ties keep the lower index
+            v, j = v.numpy(), j.numpy()
             better = v < best[qlo:qlo + len(x)]  # strict: ties keep the lower index
             best[qlo:qlo + len(x)][better] = v[better]
             idx[qlo:qlo + len(x)][better] = j[better] + blo
@@ -204,31 +220,125 @@ class Scores:
     floor: Metrics
     threshold: float
     copies: list[Copy] = field(default_factory=list)
+    classes: dict[str, Any] | None = None  # per-class figures (labelled data, classifier features): class_figures()
 
 
 def score_images(fake: np.ndarray, real: RealData, split: Split, extractor: FeatureExtractor, *, k: int = 3,
-                 quantile: float = 0.01, seed: int = 0) -> Scores:
-    """Metrics of ``fake`` (uint8 N×C×S×S) and of the held-out real images, both against the reference set."""
+                 quantile: float = 0.01, seed: int = 0, fake_labels: np.ndarray | None = None) -> Scores:
+    """Metrics of ``fake`` (uint8 N×C×S×S) and of the held-out real images, both against the reference set;
+    memorization against the images G trained on. ``fake_labels``: the labels a conditional G generated
+    them with (the per-class figures group by them; else by the domain classifier's predicted class)."""
     if fake.shape[1:] != real.images.shape[1:]:
         raise PipelineError(f"evaluate: generated images are {tuple(fake.shape[1:])}, real ones "
                             f"{tuple(real.images.shape[1:])} (channels, height, width)")
     held, ref = real.images[split.heldout], real.images[split.reference]
     f_ref, f_held, f_fake = extractor.features(ref), extractor.features(held), extractor.features(fake)
     p_held, p_fake = extractor.probs(held), extractor.probs(fake)
+    radii = knn_radii(f_ref, k)  # the reference manifold, shared by both rows
 
-    threshold = memorization_threshold(real.images, quantile, seed)
-    d_fake, nn_fake = nearest(fake, real.images)
+    trained = train_images(real, split)
+    threshold = memorization_threshold(trained, quantile, seed)
+    d_fake, nn_fake = nearest(fake, trained)
+    nn_fake = split.train[nn_fake]  # indices into RealData
     d_held, _ = nearest(held, ref)
 
     def row(f: np.ndarray, p: np.ndarray | None, d: np.ndarray) -> Metrics:
-        prec, rec = precision_recall(f_ref, f, k)
+        prec, rec = precision_recall(f_ref, f, k, real_radii=radii)
         return Metrics(fld=frechet_distance(f, f_ref), score=None if p is None else classifier_score(p),
                        precision=prec, recall=rec, memorization=float((d <= threshold).mean()))
 
     order = np.argsort(d_fake, kind="stable")[:CLOSEST_SHOWN]
     copies = [Copy(int(i), int(nn_fake[i]), float(d_fake[i])) for i in order]
+    classes = None
+    if real.labelled and p_fake is not None and p_held is not None:
+        y_held, y_ref = real.labels[split.heldout], real.labels[split.reference]
+        classes = class_figures(
+            ref=(f_ref, y_ref), model=(f_fake, p_fake, d_fake, fake_labels if fake_labels is not None else
+                                       p_fake.argmax(1)),
+            floor=(f_held, p_held, d_held, y_held), real_labels=y_held, threshold=threshold, k=k,
+            names=real.classes, grouped_by="generation label" if fake_labels is not None else "predicted class")
     return Scores(model=row(f_fake, p_fake, d_fake), floor=row(f_held, p_held, d_held), threshold=threshold,
-                  copies=copies)
+                  copies=copies, classes=classes)
+
+
+# --------------------------------------------------------------------------------------------- per class
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence of two distributions, in bits: 0 when equal, 1 when disjoint."""
+    p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
+
+    return max(0.0, (kl(p) + kl(q)) / 2)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    """Total variation distance of two distributions: the share of mass that must move, in [0, 1]."""
+    return float(np.abs(np.asarray(p, np.float64) - np.asarray(q, np.float64)).sum() / 2)
+
+
+def class_distribution(predicted: np.ndarray, real_share: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+    """Shares of classes ``predicted`` (by the domain classifier) against the real shares: the Jensen–Shannon
+    divergence, the total variation and the worst-covered class (lowest predicted/real share ratio)."""
+    share = np.bincount(predicted, minlength=len(real_share))[:len(real_share)] / max(len(predicted), 1)
+    present = np.nonzero(real_share > 0)[0]
+    ratio = share[present] / real_share[present]
+    worst = int(present[np.argmin(ratio)])  # argmin: the first of equal ratios, the lowest label
+    return share, {"js": round(js_divergence(share, real_share), 6),
+                   "tv": round(total_variation(share, real_share), 6),
+                   "worst": worst, "worst_ratio": round(float(ratio.min()), 6)}
+
+
+def _group_figures(f_ref: np.ndarray, radii: np.ndarray | None, f: np.ndarray, d: np.ndarray, threshold: float,
+                   k: int) -> dict[str, Any]:
+    """Precision, recall and memorization of one class's samples against that class's reference images."""
+    out: dict[str, Any] = {"count": len(f), "precision": None, "recall": None, "memorization": None}
+    if not len(f):
+        out["recall"] = 0.0  # nothing drawn: none of the class's variety covered
+        return out
+    out["memorization"] = round(float((d <= threshold).mean()), 6)
+    if radii is None:  # k or fewer reference images of the class: no manifold to be inside
+        return out
+    out["precision"] = round(manifold_coverage(f, f_ref, radii), 6)
+    # k or fewer samples span no manifold: they cover none of the class's variety
+    out["recall"] = round(manifold_coverage(f_ref, f, knn_radii(f, k)), 6) if len(f) > k else 0.0
+    return out
+
+
+def class_figures(*, ref: tuple[np.ndarray, np.ndarray], model: tuple, floor: tuple, real_labels: np.ndarray,
+                  threshold: float, k: int, names: list[str], grouped_by: str) -> dict[str, Any]:
+    """Per class: precision, recall and memorization of the generated samples (grouped by ``grouped_by``) and,
+    as the floor, of the held-out images (grouped by their labels), each against the class's reference images
+    with the class's own k-NN manifold; and the class distribution the domain classifier sees in each set
+    against the held-out labels' (:func:`class_distribution`).
+
+    ``ref`` = (features, labels); ``model`` and ``floor`` = (features, probabilities, pixel NN distances,
+    group labels)."""
+    f_ref, y_ref = ref
+    classes = model[1].shape[1]
+    real_share = np.bincount(real_labels, minlength=classes)[:classes] / max(len(real_labels), 1)
+    dist, rows = {}, []
+    shares = {}
+    for which, (f, p, d, group) in (("model", model), ("floor", floor)):
+        shares[which], dist[which] = class_distribution(p.argmax(1), real_share)
+    present = sorted(set(np.unique(y_ref).tolist()) | set(np.unique(real_labels).tolist()))
+    for c in present:
+        in_ref = y_ref == c
+        radii = knn_radii(f_ref[in_ref], k) if in_ref.sum() > k else None
+        row: dict[str, Any] = {"label": int(c), "name": names[c] if c < len(names) else str(c),
+                               "real_share": round(float(real_share[c]) if c < classes else 0.0, 6),
+                               "reference": int(in_ref.sum())}
+        for which, (f, p, d, group) in (("model", model), ("floor", floor)):
+            mine = np.asarray(group) == c
+            row[which] = {"share": round(float(shares[which][c]) if c < classes else 0.0, 6),
+                          **_group_figures(f_ref[in_ref], radii, f[mine], d[mine], threshold, k)}
+        rows.append(row)
+    for which in dist:
+        w = dist[which]["worst"]
+        dist[which]["worst_name"] = names[w] if w < len(names) else str(w)
+    return {"grouped_by": grouped_by, "k": k, "distribution": dist, "rows": rows}
 
 
 def heldout_prompts(classes: list[str], n: int,

@@ -1,14 +1,17 @@
 """The real images a model is judged against, and their seeded held-out/reference split.
 
 The model's training data (``evaluate.data``, else ``train.data``, else what the package's
-``model.json`` names) at the model's size and channels, as uint8 arrays. A seeded permutation
-holds out N = ``evaluate.samples`` images for the real-vs-real floor; the rest is the reference set.
+``model.json`` names) at the model's size and channels, as uint8 arrays. Without a test split, a
+seeded permutation holds out N = ``evaluate.samples`` images for the real-vs-real floor and the
+rest is the reference set (:func:`split_real`). With one (``evaluate.heldout``), the whole training
+data is the reference set and the floor's N are drawn, seeded, from the test split
+(:func:`split_test`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +34,7 @@ class RealData:
     labels: np.ndarray  # int64; -1 where the data has no labels
     source: str  # "digits" or the data URI, for messages
     fingerprint: str  # sha256 of the pixels and labels as used here
+    classes: list[str] = field(default_factory=list)  # class names by label id, when the source names them
 
     @property
     def count(self) -> int:
@@ -43,14 +47,23 @@ class RealData:
 
 @dataclass
 class Split:
-    """A seeded split of the real data: N held-out images for the floor, the rest as reference."""
+    """The real data's roles: N held-out images for the floor, the reference set, what G trained on."""
 
-    heldout: np.ndarray  # indices into RealData
-    reference: np.ndarray
+    heldout: np.ndarray  # indices into RealData: the floor's N real images
+    reference: np.ndarray  # the extractor trains on these; every metric compares against them
+    train: np.ndarray  # the images G trained on, which memorization compares against
+    test: np.ndarray | None = None  # a test split given apart (evaluate.heldout): all its indices; else None
+    test_source: str = ""  # its source, for messages
+    test_fingerprint: str = ""
 
     @property
     def n(self) -> int:
         return len(self.heldout)
+
+    @property
+    def tested(self) -> bool:
+        """The floor comes from a test split given apart (``evaluate.heldout``)."""
+        return self.test is not None
 
 
 def real_data(data: DataSpec, model: ModelSpec, storage: StorageSpec | None = None,
@@ -68,8 +81,9 @@ def real_data(data: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
     h = hashlib.sha256(f"{source}:{model.image_size}:{model.channels}:{images.shape}\n".encode())
     h.update(np.ascontiguousarray(images).tobytes())
     h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    classes = [] if data.source == "digits" and reader is None else list(loaded.classes)
     return RealData(images=np.ascontiguousarray(images), labels=np.asarray(labels, np.int64), source=source,
-                    fingerprint=h.hexdigest())
+                    fingerprint=h.hexdigest(), classes=classes)
 
 
 def split_real(real: RealData, n: int, seed: int) -> Split:
@@ -82,7 +96,39 @@ def split_real(real: RealData, n: int, seed: int) -> Split:
             f"plus a reference set of at least N/2), but {real.source} has {real.count:,}; "
             f"use evaluate.samples <= {most:,}")
     perm = np.random.default_rng(seed).permutation(real.count)
-    return Split(heldout=np.sort(perm[:n]), reference=np.sort(perm[n:]))
+    return Split(heldout=np.sort(perm[:n]), reference=np.sort(perm[n:]), train=np.arange(real.count))
+
+
+def split_test(train: RealData, test: RealData, n: int, seed: int) -> tuple[RealData, Split]:
+    """A training and a test split (``evaluate.heldout``) as one :class:`RealData`, training images first:
+    the reference set is all of the training data (G saw all of it), and the floor's ``n`` images are drawn
+    (seeded) from the test data, all of them when ``n`` is its count."""
+    if n > test.count:
+        raise PipelineError(f"evaluate.samples: N={n:,} needs {n:,} held-out real images, but evaluate.heldout "
+                            f"({test.source}) has {test.count:,}; use evaluate.samples <= {test.count:,}")
+    if train.images.shape[1:] != test.images.shape[1:]:  # both are read at the model's size: cannot happen
+        raise PipelineError(f"evaluate.heldout: {test.source} images are {test.images.shape[1:]}, the training "
+                            f"data's {train.images.shape[1:]}")
+    if train.labelled != test.labelled:
+        which, other = (test, train) if train.labelled else (train, test)
+        raise PipelineError(f"evaluate.heldout: {which.source} has no labels but {other.source} has; the training "
+                            "and test splits must both be labelled or both not")
+    h = hashlib.sha256(f"train:{train.fingerprint}\ntest:{test.fingerprint}\n".encode())
+    both = RealData(images=np.concatenate([train.images, test.images]),
+                    labels=np.concatenate([train.labels, test.labels]), source=train.source,
+                    fingerprint=h.hexdigest(), classes=train.classes or test.classes)
+    pick = np.random.default_rng(seed).permutation(test.count)[:n]
+    return both, Split(heldout=train.count + np.sort(pick), reference=np.arange(train.count),
+                       train=np.arange(train.count), test=train.count + np.arange(test.count),
+                       test_source=test.source, test_fingerprint=test.fingerprint)
+
+
+def train_images(real: RealData, split: Split) -> np.ndarray:
+    """The images G trained on (a view when they are the first ones, as both splits make them)."""
+    t = split.train
+    if len(t) and t[0] == 0 and t[-1] == len(t) - 1:
+        return real.images[:len(t)]
+    return real.images[t]
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

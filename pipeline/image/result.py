@@ -13,7 +13,11 @@ from pipeline.report.html import esc, gate_cell, src
 from pipeline.specs.schema import GateSpec
 from pipeline.storage import absolute_uri, package_versions
 
-EVAL_FORMAT = "aigc-eval/1"
+# aigc-eval/2 adds the per-class figures (``classes``) and, with a test split, its data; aigc-eval/1 files read
+# as before (no per-class figures). KEY_FORMAT salts the result key: it moves only when an existing
+# evaluation's figures would change, so the keys of earlier evaluations stand.
+EVAL_FORMAT = "aigc-eval/2"
+KEY_FORMAT = "aigc-eval/1"
 
 
 @dataclass
@@ -40,6 +44,8 @@ class EvalResult:
     # key bounding it from above, or None} (the VAE's held-out bits per dimension)
     extra: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     closest_png: bytes | None = None  # the closest generated/training pairs, for the report
+    # per class (labelled data, classifier features): metrics.class_figures(); None otherwise and in aigc-eval/1
+    classes: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"format": EVAL_FORMAT, "model_uri": absolute_uri(self.model_uri), "model_sha256": self.model_sha256,
@@ -51,7 +57,8 @@ class EvalResult:
                                  "closest": [dataclasses.asdict(c) for c in self.copies]},
                 "seconds": round(self.seconds, 2), "created_at": self.created_at, "versions": package_versions(),
                 **({"prompts": self.prompts} if self.prompts is not None else {}),
-                **({"extra": self.extra} if self.extra else {})}
+                **({"extra": self.extra} if self.extra else {}),
+                **({"classes": self.classes} if self.classes is not None else {})}
 
     @classmethod
     def from_json(cls, d: dict[str, Any], uri: str = "") -> EvalResult:
@@ -60,7 +67,8 @@ class EvalResult:
                    extractor=d["extractor"], data=d["data"], settings=d["settings"], model=Metrics(**m["model"]),
                    floor=Metrics(**m["floor"]), threshold=d["memorization"]["threshold"],
                    copies=[Copy(**c) for c in d["memorization"].get("closest", [])], seconds=d["seconds"],
-                   created_at=d["created_at"], uri=uri, prompts=d.get("prompts"), extra=d.get("extra") or {})
+                   created_at=d["created_at"], uri=uri, prompts=d.get("prompts"), extra=d.get("extra") or {},
+                   classes=d.get("classes"))
 
     def summary(self) -> str:
         """One line for run summaries."""
@@ -68,9 +76,14 @@ class EvalResult:
         score = f", score {m.score:.2f} ({f.score:.2f})" if m.score is not None and f.score is not None else ""
         prompts = f", prompt accuracy {self.prompts['accuracy']:.1%} (held-out phrasings)" if self.prompts else ""
         extra = "".join(f", {e['label']} {e['value']:.3f}" for e in self.extra.values())
+        classes = ""
+        if self.classes is not None:
+            d = self.classes["distribution"]
+            classes = (f", classes JS {d['model']['js']:.3f} ({d['floor']['js']:.3f}), worst-covered "
+                       f"{d['model']['worst_name']} {d['model']['worst_ratio']:.2f}x its share")
         return (f"N={self.n:,}: FLD {m.fld:.2f} ({fld_ratio(self):.2f}x the floor {f.fld:.2f}){score}, "
                 f"P {m.precision:.2f} R {m.recall:.2f}, "
-                f"memorization {m.memorization:.1%}{prompts}{extra}")
+                f"memorization {m.memorization:.1%}{prompts}{extra}{classes}")
 
     def gate_failures(self, gate: GateSpec) -> list[str]:
         return gate_failures(self, gate)
@@ -79,7 +92,8 @@ class EvalResult:
         """What the run record keeps of it (beside the gate's verdict)."""
         return {"extractor": self.extractor.get("kind"), "model": self.model.to_json(), "floor": self.floor.to_json(),
                 "threshold": self.threshold, **({"prompts": self.prompts} if self.prompts else {}),
-                **({"extra": self.extra} if self.extra else {})}
+                **({"extra": self.extra} if self.extra else {}),
+                **({"classes": self.classes["distribution"]} if self.classes is not None else {})}
 
     def report_files(self) -> dict[str, bytes]:
         """Files its report section shows (relative names)."""
@@ -117,9 +131,11 @@ class EvalResult:
             body.append(_row(e["label"], e.get("note", ""), f"{e['value']:.3f}", "", "", cell))
         ex = self.extractor
         quality = (f"held-out accuracy {ex['heldout_accuracy']:.1%}" if ex.get("heldout_accuracy") is not None
-                   else f"held-out reconstruction MSE {ex.get('heldout_mse')}")
-        caption = (f"N = {self.n:,} generated samples and N = {self.data.get('heldout', self.n):,} held-out real "
-                   "images, "
+                   else f"held-out reconstruction MSE {ex.get('heldout_mse')}") + _judged_on(ex)
+        held = (f"held-out real images drawn from the test split {self.data.get('test_source')} "
+                f"({self.data.get('test_count', 0):,} images)" if self.data.get("split") == "test"
+                else "held-out real images")
+        caption = (f"N = {self.n:,} generated samples and N = {self.data.get('heldout', self.n):,} {held}, "
                    f"each against {self.data.get('reference', 0):,} reference images of "
                    f"{self.data.get('source', '?')}; "
                    f"{ex.get('kind', '?')} features ({quality}); seed {self.settings.get('seed')}, "
@@ -130,6 +146,8 @@ class EvalResult:
                f"pixel space is closer than {self.threshold:.4f} (RMS per pixel, pixels in [0, 1]): the "
                f"{self.settings.get('memorization_quantile')} quantile of real images' distances to their nearest "
                f"other training image. The floor row counts held-out real images that close to a reference image.</p>"]
+        if self.classes is not None:
+            out.append(classes_html(self.classes))
         closest = files.get(f"n{self.n}-closest.png")
         if closest:
             out.append(f"<figure><img class='px' src='{src(closest)}' alt='closest pairs, N={self.n}' "
@@ -141,9 +159,13 @@ class EvalResult:
         """The metrics table, model beside floor, with the gate's thresholds."""
         g = gate or GateSpec()
         kind = self.extractor.get("kind", "?")
+        held = (f"from the test split {self.data.get('test_source')}" if self.data.get("split") == "test"
+                else "held-out real images")
+        acc = self.extractor.get("heldout_accuracy")
+        acc = f" (held-out accuracy {acc:.1%}{_judged_on(self.extractor)})" if acc is not None else ""
         out = [f"evaluate {self.model_uri}",
                f"  N={self.n:,} generated vs {self.data.get('reference', 0):,} reference images; floor: "
-               f"{self.data.get('heldout', 0):,} held-out real images; {kind} features; seed "
+               f"{self.data.get('heldout', 0):,} {held}; {kind} features{acc}; seed "
                f"{self.settings.get('seed')}",
                f"  {'metric':<13} {'model':>9} {'floor':>9} {'model/floor':>12}  gate"]
 
@@ -176,7 +198,71 @@ class EvalResult:
                 out.append(f"  {e['label']}: {e['note']}")
         out.append(f"  memorization: nearest training image in pixel space closer than {self.threshold:.4f} RMS "
                    f"(the {self.settings['memorization_quantile']:g} quantile of real images' own NN distances)")
+        if self.classes is not None:
+            out += class_lines(self.classes)
         return out
+
+
+def _judged_on(extractor: dict[str, Any]) -> str:
+    return (f" on the {extractor.get('heldout_count', 0):,}-image test split"
+            if extractor.get("heldout_on") == "test split" else "")
+
+
+def _fmt(v: float | None, pct: bool = False) -> str:
+    return "n/a" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
+
+
+def _worst(rows: list[dict[str, Any]], which: str, attr: str) -> dict[str, Any] | None:
+    """The class with the lowest ``attr`` in the ``which`` row (None when no class has a value)."""
+    have = [r for r in rows if r[which].get(attr) is not None]
+    return min(have, key=lambda r: (r[which][attr], r["label"])) if have else None
+
+
+def class_lines(classes: dict[str, Any]) -> list[str]:
+    """The per-class figures, compactly: the class distribution's divergence and worst-covered class, and the
+    classes with the lowest precision and recall, each beside the floor's."""
+    d, rows = classes["distribution"], classes["rows"]
+    m, f = d["model"], d["floor"]
+    out = [f"  classes: JS divergence {m['js']:.3f} (floor {f['js']:.3f}), total variation {m['tv']:.3f} "
+           f"(floor {f['tv']:.3f}); worst-covered {m['worst_name']}: {m['worst_ratio']:.2f}x its real share "
+           f"(floor: {f['worst_name']} {f['worst_ratio']:.2f}x)"]
+    worst = []
+    for attr in ("precision", "recall"):
+        r = _worst(rows, "model", attr)
+        if r is not None:
+            worst.append(f"lowest {attr} {r['name']} {r['model'][attr]:.3f} (floor {_fmt(r['floor'][attr])})")
+    mem = max(rows, key=lambda r: (r["model"]["memorization"] or 0.0, -r["label"]))
+    worst.append(f"most memorized {mem['name']} {_fmt(mem['model']['memorization'], True)}")
+    out.append(f"  per class (samples grouped by {classes['grouped_by']}): " + "; ".join(worst))
+    return out
+
+
+def classes_html(classes: dict[str, Any]) -> str:
+    """The per-class table of the report: shares, precision, recall and memorization, each beside the floor."""
+    d = classes["distribution"]
+    m, f = d["model"], d["floor"]
+    body = []
+    for r in classes["rows"]:
+        mo, fl = r["model"], r["floor"]
+        ratio = f"{mo['share'] / r['real_share']:.2f}×" if r["real_share"] else ""
+        worst = " class='worst'" if r["label"] == m["worst"] else ""
+        cells = [r["name"], f"{r['real_share']:.1%}", f"{mo['share']:.1%} ({fl['share']:.1%})", ratio,
+                 f"{mo['count']:,} ({fl['count']:,})",
+                 *(f"{_fmt(mo[a], a == 'memorization')} ({_fmt(fl[a], a == 'memorization')})"
+                   for a in ("precision", "recall", "memorization"))]
+        body.append(f"<tr{worst}><td>{esc(cells[0])}</td>" + "".join(f"<td class='num'>{esc(c)}</td>"
+                                                                   for c in cells[1:]) + "</tr>")
+    note = (f"Per class, each figure beside the floor's (held-out real images, in parentheses). Generated samples "
+            f"are grouped by the {classes['grouped_by']}; held-out images by their label; precision and recall "
+            f"against the class's own reference images (k = {classes['k']} manifolds). Shares: the domain "
+            f"classifier's predictions on each set; real share: the held-out labels. Class distribution: "
+            f"Jensen–Shannon divergence {m['js']:.3f} bits (floor {f['js']:.3f}), total variation {m['tv']:.3f} "
+            f"(floor {f['tv']:.3f}); worst-covered class {m['worst_name']} at {m['worst_ratio']:.2f}× its real "
+            f"share (floor: {f['worst_name']} at {f['worst_ratio']:.2f}×).")
+    return ("<h4>Per class</h4><table class='classes'><tr><th>class</th><th>real share</th>"
+            "<th>generated share (floor)</th><th>generated / real</th><th>samples (floor)</th>"
+            "<th>precision (floor)</th><th>recall (floor)</th><th>memorization (floor)</th></tr>"
+            f"{''.join(body)}</table><p class='note'>{esc(note)}</p>")
 
 
 def _row(label: str, hint: str, model: str, floor: str, ratio: str, cell: str) -> str:

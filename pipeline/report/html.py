@@ -17,7 +17,7 @@ max-width:1100px;padding:0 1rem;color:#222}
 h1{font-size:1.6rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:.6rem 0}\
 td,th{border:1px solid #ddd;padding:.3rem .6rem;text-align:left;vertical-align:top}
-th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}tr.worst td{background:#fdecea}
 .ok{color:#16794a;font-weight:600}.bad{color:#b3261e;font-weight:600}.note{color:#666;font-size:.9rem}
 img.px{image-rendering:pixelated;background:#fff conic-gradient(#ccc 25%,#fff 0 50%,#ccc 0 75%,#fff 0) 0 0/12px 12px}\
 .grids{display:flex;flex-wrap:wrap;gap:1rem}.grids figure{margin:0}

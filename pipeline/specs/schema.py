@@ -113,7 +113,8 @@ class JobSpec(Strict):
 
     def _check_output_place(self, gen: GenerateSpec) -> None:
         data = [(where, uri) for where, section in (("train.data.uri", self.train and self.train.data),
-                                                    ("evaluate.data.uri", self.evaluate and self.evaluate.data))
+                                                    ("evaluate.data.uri", self.evaluate and self.evaluate.data),
+                                                    ("evaluate.heldout.uri", self.evaluate and self.evaluate.heldout))
                 if section is not None and (uri := section.uri)]
         problem = output_overlap(gen.output, self.storage.root, self.name, data)
         if problem:

@@ -55,6 +55,14 @@ class EvaluateSpec(Strict):
                                                 "else generate.model.")
     data: DataSpec | None = Field(None, description="Real data to compare with; default: the data the model was "
                                                     "trained on (train.data, else its model.json).")
+    heldout: DataSpec | None = Field(None, description="A test split the model never trained on (e.g. `split: "
+                                                       "test`): the real-vs-real floor's N images are drawn from it "
+                                                       "(seeded; N at most its count), the reference set is all of "
+                                                       "the evaluation data (the training split: the feature "
+                                                       "extractor trains on it, memorization compares against it) "
+                                                       "and the classifier's held-out accuracy is measured on it. "
+                                                       "Left out: N images of the evaluation data are held out "
+                                                       "instead.")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of the held-out split, the latents and the feature "
                                                          "extractor.")
     extractor: Literal["auto", "classifier", "autoencoder"] = Field("auto", description="Feature extractor: a "

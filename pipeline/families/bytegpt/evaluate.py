@@ -156,6 +156,9 @@ def evaluate_text_package(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None
     if data.source != "text":
         raise PipelineError(f"evaluate.data: {pkg.uri} is a text model; it is scored on a text corpus "
                             f"(source: text), not '{data.source}'")
+    if spec.heldout is not None:
+        raise PipelineError(f"evaluate.heldout: does not apply to the text model at {pkg.uri}; its held-out text "
+                            "is a share of its corpus (evaluate.data.heldout)")
     corpus = load_corpus(data, storage)
     if not corpus.heldout:
         raise PipelineError(f"evaluate.data: {corpus.uri} holds no held-out segment "

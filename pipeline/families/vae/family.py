@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.families.vae import loop as vae_loop
@@ -22,9 +21,9 @@ def heldout_elbo(pkg: Any, real: RealData, split: Split, seed: int = 0, batch: i
     """The negative ELBO on the examples training never saw (``train.model.heldout``), in bits per dimension:
     one posterior sample per image from a seeded generator."""
     cfg = pkg.config
-    mask = vae_loop.heldout_mask(real.count, cfg.heldout).numpy()
+    mask = vae_loop.heldout_mask(len(split.train), cfg.heldout).numpy()  # in the training data's order
     which = "held-out" if mask.any() else "training"
-    idx = np.nonzero(mask)[0] if mask.any() else np.arange(real.count)
+    idx = split.train[mask] if mask.any() else split.train
     model = pkg.build_model()
     dims = cfg.channels * cfg.image_size * cfg.image_size
     gen = torch.Generator().manual_seed(mix(seed, "elbo"))
