@@ -18,6 +18,7 @@ Item bytes depend only on (spec, model package, item), never on actor count or r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -311,9 +312,12 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
         batch_format="numpy",
     )
     used: dict[str, float] = {}  # summed over the shards: items, bytes, the actors' cpu_s/gpu_s, requests_*
+    # Closed on every way out: a failed run's executor (and its actor pool, which holds CPUs) is shut down
+    # now, not whenever the traceback that references the iterator is collected.
+    rows = iter(ds.iter_rows())
     try:
         with watch_nodes("generate", "its shards in flight are redone on the nodes left; committed ones are kept"):
-            for row in ds.iter_rows():
+            for row in rows:
                 bar.update(int(row["items"]))
                 for k, v in row.items():
                     if k in ("items", "bytes", "cpu_s", "gpu_s") or k in REQUEST_COLUMNS:
@@ -323,4 +327,9 @@ def _run_shards(job: JobSpec, todo: list[ShardPlan], model_sha256: str, model_ur
     except Exception as exc:  # noqa: BLE001 - Ray wraps worker errors; surface the cause in one line
         line = user_error_line(exc) or last_error_line(exc)
         raise PipelineError(f"generate: {line}; committed shards are kept, rerun to resume") from None
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
     return used

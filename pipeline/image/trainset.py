@@ -154,14 +154,19 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
                 raise PipelineError(f"train.data.source: '{spec.source}' is not an image source "
                                     f"({', '.join(IMAGE_SOURCES)}); the model's family reads it")
             ds.context.execution_options.preserve_order = True  # source order: the cache's, whatever Ray schedules
+            batches = iter(ds.iter_batches(batch_size=BLOCK_ROWS, batch_format="numpy"))
             try:
                 header = f"{spec.source}:{model.image_size}:{model.channels}\n"
-                cache = write_cache(ds.iter_batches(batch_size=BLOCK_ROWS, batch_format="numpy"), root, key,
-                                    storage, header, classes)
+                cache = write_cache(batches, root, key, storage, header, classes)
             except PipelineError as exc:
                 if str(exc).startswith("the dataset is empty"):
                     raise PipelineError(f"{where}: the dataset is empty (no rows to train on)") from None
                 raise
+            finally:  # a failed read's executor shut down now, not when its traceback is collected
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        close()
         built_s = round(time.perf_counter() - started, 2)
     return TrainData(cache=cache, count=cache.count, fingerprint=cache.fingerprint, source=spec.source,
                      uri=spec.uri, image_size=model.image_size, channels=model.channels, labelled=cache.labelled,
