@@ -234,7 +234,8 @@ def test_text_package_round_trips_without_pickle(tmp_path, monkeypatch):
                                                              "'text' only"),
     ({"train": {"model": {"arch": "dcgan", "n_layer": None, "n_head": None, "n_embd": None, "block_size": None,
                           "dropout": None}}},
-     "train.data.source: the dcgan architecture trains on digits or images or parquet data, not 'text' "
+     "train.data.source: the dcgan architecture trains on digits, images, parquet, idx, pixels, fashion-mnist or "
+         "mnist-5k data, not 'text' "
      "(that is for train.model.arch: bytegpt)"),
     ({"generate": {"seeds": {"count": 3}}}, "generate.seeds: the bytegpt architecture does not generate from latent "
                                             "seeds"),

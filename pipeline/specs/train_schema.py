@@ -29,6 +29,11 @@ def _default_model() -> ModelConfig:
 
 
 
+def _either(names: tuple[str, ...]) -> str:
+    """'a', 'a or b', 'a, b or c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 # --------------------------------------------------------------------------------------------- train
 class DataSpec(Strict):
     """Training data."""
@@ -200,7 +205,7 @@ class TrainSpec(Strict):
             takers = [a for a, f in families().items() if self.data.source in f.data_sources]
             hint = f" (that is for train.model.arch: {', '.join(takers)})" if takers else ""
             raise ValueError(f"train.data.source: the {fam.arch} architecture trains on "
-                             f"{' or '.join(fam.data_sources)} data, not '{self.data.source}'{hint}")
+                             f"{_either(fam.data_sources)} data, not '{self.data.source}'{hint}")
         defaults = TrainSpec.model_construct()
         for option in ("ema", "augment", "r1", "lm"):
             if option not in fam.train_options and getattr(self, option) != getattr(defaults, option):
