@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError, StorageError
-from pipeline.image.data import read_source_file
+from pipeline.image.sources import read_source_file
 from pipeline.storage import open_fs, pyarrow_fs
 
 AUDIO_EXTENSIONS = (".wav", ".flac")

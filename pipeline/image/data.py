@@ -37,7 +37,7 @@ import torch
 import pipeline.runtime  # noqa: F401 - sets Ray's loopback env before anything imports Ray
 from pipeline.checks import background_rgb
 from pipeline.errors import PipelineError, StorageError
-from pipeline.image.sources import read_raw
+from pipeline.image.sources import read_raw, read_source_file
 from pipeline.specs.schema import DataSpec, StorageSpec
 from pipeline.storage import open_fs, pyarrow_fs
 
@@ -201,14 +201,6 @@ def _list_images(uri: str, storage: StorageSpec | None) -> tuple[Any, list[tuple
     labelled = all("/" in rel for _, rel, _ in files)
     classes = sorted({rel.split("/", 1)[0] for _, rel, _ in files}) if labelled else []
     return fs, files, classes
-
-
-def read_source_file(fs: Any, path: str, name: str) -> bytes:
-    """One training file's bytes; any backend's read error as one line naming the file (``name``)."""
-    try:
-        return fs.cat_file(path)
-    except Exception as exc:  # noqa: BLE001 - any backend's read error
-        raise PipelineError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from None
 
 
 def _decode_files(batch: dict[str, np.ndarray], fs: Any, uri: str, size: int, channels: int,

@@ -76,17 +76,26 @@ class RawImages:
 
 
 # --------------------------------------------------------------------------------------------- bytes
+def read_source_file(fs: Any, path: str, name: str) -> bytes:
+    """One training file's bytes; any backend's read error as one line naming the file (``name``)."""
+    try:
+        return fs.cat_file(path)
+    except Exception as exc:  # noqa: BLE001 - any backend's read error
+        raise PipelineError(f"{name}: cannot read ({type(exc).__name__}: {exc})") from None
+
+
 def read_bytes(uri: str, storage: StorageSpec | None) -> bytes:
     """A file's bytes, gunzipped when they are gzip (by content, not by name); one line on any failure."""
     try:
         fs, path = open_fs(uri, storage)
-        if not fs.exists(path):
-            raise PipelineError(f"{uri}: not found")
-        data = fs.cat_file(path)
+        found = fs.exists(path)
     except (StorageError, PipelineError):
         raise
-    except Exception as exc:  # noqa: BLE001 - any backend's read error
+    except Exception as exc:  # noqa: BLE001 - any backend's error
         raise PipelineError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from None
+    if not found:
+        raise PipelineError(f"{uri}: not found")
+    data = read_source_file(fs, path, uri)
     if data[:2] == b"\x1f\x8b":
         try:
             return gzip.decompress(data)

@@ -147,7 +147,7 @@ def open_cache(root: str, key: str, storage: Any) -> DataCache | None:
 
 
 def write_cache(batches: Iterator[dict[str, np.ndarray]], root: str, key: str, storage: Any, header: str,
-                classes: list[str], group_rows: int = GROUP_ROWS) -> DataCache:
+                classes: list[str], group_rows: int = GROUP_ROWS, where: str = "the source") -> DataCache:
     """Write decoded rows (``key``, ``image``, ``label``, ``sha`` batches, in source order) as the cache ``key``.
 
     The fingerprint hashes ``header`` and every row's (key, sha, label) in that order. ``_SUCCESS`` last.
@@ -189,7 +189,7 @@ def write_cache(batches: Iterator[dict[str, np.ndarray]], root: str, key: str, s
     if held:
         flush(held)
     if count == 0 or shape is None:
-        raise PipelineError("the dataset is empty (no rows to train on)")
+        raise PipelineError(f"{where}: the dataset is empty (no rows to train on)")
     labelled = not labels_seen[0]
     cache = DataCache(uri=store.uri, files=files, count=count, shape=list(shape), fingerprint=h.hexdigest(),
                       labelled=labelled, num_labels=labels_seen[1] + 1 if labelled else 0, classes=list(classes))

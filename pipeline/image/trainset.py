@@ -157,11 +157,7 @@ def load_data(spec: DataSpec, model: ModelSpec, storage: StorageSpec | None = No
             batches = iter(ds.iter_batches(batch_size=BLOCK_ROWS, batch_format="numpy"))
             try:
                 header = f"{spec.source}:{model.image_size}:{model.channels}\n"
-                cache = write_cache(batches, root, key, storage, header, classes)
-            except PipelineError as exc:
-                if str(exc).startswith("the dataset is empty"):
-                    raise PipelineError(f"{where}: the dataset is empty (no rows to train on)") from None
-                raise
+                cache = write_cache(batches, root, key, storage, header, classes, where=where)
             finally:  # a failed read's executor shut down now, not when its traceback is collected
                 close = getattr(batches, "close", None)
                 if close is not None:
