@@ -96,7 +96,7 @@ def test_a_wav_carries_info_and_xmp_and_every_reader_opens_it(tmp_path):
     assert meta["Keywords"] == "trainedAlgorithmicMedia"
 
 
-def test_the_family_is_registered_and_refuses_what_wav_does_not_carry():
+def test_the_family_is_registered_and_refuses_the_image_watermark():
     fam = family("specgan")
     cfg = parse_config({"arch": "specgan", "conditional": True})
     assert cfg.image_size == 64 and cfg.phrasing == "speech" and fam.formats == ("wav", "parquet", "webdataset")
@@ -339,3 +339,51 @@ def test_specgan_resume_2_plus_2_epochs_is_bit_identical_to_4(ray_session, tmp_p
     for a, b in ((resumed.models, straight.models), (resumed.optim, straight.optim)):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss_G"] for h in resumed.state["history"]] == [h["loss_G"] for h in straight.state["history"]]
+
+
+@pytest.mark.timeout(450)  # the module's demo run, then two generations of 10 clips: about 20 s more
+def test_signed_wavs_validate_are_reproducible_and_a_changed_sample_fails_by_name(demo, monkeypatch):
+    """generate.provenance.c2pa on the audio family: each WAV gets a C2PA chunk that the c2pa reader
+    validates against the test CA, the same bytes from 1 actor as from 2, and without it the very WAV the
+    unsigned run wrote; `aigc verify --c2pa` names a WAV whose samples changed."""
+    import soundfile as sf
+
+    from pipeline.provenance import devcert
+    from pipeline.provenance.c2pa import Validator, strip_manifest
+    from pipeline.provenance.container import riff_chunks
+
+    chain = devcert.make_chain("ed25519")
+    monkeypatch.setenv("AIGC_TEST_WAV_CHAIN", chain.chain)
+    monkeypatch.setenv("AIGC_TEST_WAV_KEY", chain.key)
+    outs = []
+    for actors in (1, 2):
+        job = gen_job(demo, f"{{root}}/generated/signed-{actors}/{{date}}", 10, actors)
+        spec = json.loads(job.read_text())
+        spec["generate"]["provenance"] = {"c2pa": {"cert_chain_env": "AIGC_TEST_WAV_CHAIN",
+                                                   "private_key_env": "AIGC_TEST_WAV_KEY"}}
+        job.write_text(json.dumps(spec))
+        r = CliRunner().invoke(app, ["generate", str(job), "--date", DATE])
+        assert r.exit_code == 0, r.output
+        outs.append(demo["root"] / "generated" / f"signed-{actors}" / DATE)
+    one, two = ({str(p.relative_to(o)): p.read_bytes() for p in sorted(o.rglob("*.wav"))} for o in outs)
+    assert len(one) == 10 and one == two
+    anchors = demo["root"] / "ca.pem"
+    anchors.write_text(chain.ca)
+    reader = Validator(chain.ca)
+    for rel, data in one.items():
+        assert [kind for kind, _, _ in riff_chunks(data)] == [b"fmt ", b"LIST", b"_PMX", b"data", b"C2PA"]
+        assert reader.check(data).state == "Trusted"
+        action = reader.manifest(data)["assertions"]
+        created = next(a for a in action if a["label"].startswith("c2pa.actions"))["data"]["actions"][0]
+        assert created["digitalSourceType"].endswith("/trainedAlgorithmicMedia")
+        assert strip_manifest(data) == (demo["out"] / rel).read_bytes()  # the unsigned demo run's file
+        x, rate = sf.read(io.BytesIO(data))
+        assert rate == 16000 and len(x) == 16000
+    r = CliRunner().invoke(app, ["verify", str(outs[0]), "--c2pa", "--trust-anchors", str(anchors)])
+    assert r.exit_code == 0 and "10 C2PA manifests checked (trust anchors)" in r.output, r.output
+    victim = outs[0] / sorted(one)[3]
+    data = bytearray(victim.read_bytes())
+    data[2000] ^= 0x01  # one sample's low bit, inside the data chunk
+    victim.write_bytes(bytes(data))
+    r = CliRunner().invoke(app, ["verify", str(outs[0]), "--c2pa", "--trust-anchors", str(anchors)])
+    assert r.exit_code == 1 and sorted(one)[3] in r.output and "Invalid" in r.output, r.output

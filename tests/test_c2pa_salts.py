@@ -7,11 +7,13 @@ import hashlib
 import io
 import zlib
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from PIL import Image
 
+from pipeline.audio.wav import encode_wav
 from pipeline.provenance import devcert
 from pipeline.provenance.c2pa import AssetSigner, Validator, _probe_png, manifest_for, png_chunks, strip_manifest
 from pipeline.provenance.jumbf import resalt
@@ -52,6 +54,7 @@ def setup(tmp_path_factory):
 MANIFEST = manifest_for(job="j", date="2026-11-28", item_id="s1", seed=3, model_sha256="ab" * 32, system="test",
                         watermark={"applied": False, "reason": "too small"})
 PNGS = {"1px": _probe_png(), "64x64rgb": rgb_png()}
+WAV = encode_wav((np.sin(np.arange(16000) / 9) * 9000).astype(np.int16), 16000, {"INAM": "s1"}, xmp="<x/>")
 
 
 def manifest_span(png: bytes) -> range:
@@ -113,6 +116,28 @@ def test_salts_are_applied_per_label(setup):
         assert out.count(salt_of(label)) == 1
 
 
+def test_a_wav_is_signed_in_a_c2pa_chunk_as_reproducibly(setup):
+    """c2pa-rs appends a RIFF ``C2PA`` chunk (and grows the RIFF size); resalt works on it as on caBX."""
+    import wave
+
+    from pipeline.provenance.container import riff_chunks
+
+    signer, key, validator = setup
+    wav_manifest = manifest_for(job="j", date="2026-11-28", item_id="s1", seed=3, model_sha256="ab" * 32,
+                                system="test", ext="wav")
+    a, b = signer.builder_sign(WAV, wav_manifest), signer.builder_sign(WAV, wav_manifest)
+    assert a != b and a[:len(WAV) - 8][8:] == WAV[8:len(WAV) - 8] and a[4:8] != WAV[4:8]
+    assert [kind for kind, _, _ in riff_chunks(a)] == [b"fmt ", b"LIST", b"_PMX", b"data", b"C2PA"]
+    ra, rb = resalt(a, salt_of, key.sign), resalt(b, salt_of, key.sign)
+    assert ra == rb and signer.sign(WAV, wav_manifest) == signer.sign(WAV, wav_manifest)
+    assert strip_manifest(ra) == WAV
+    assert validator.check(ra).state == "Trusted" and validator.manifest(ra)["title"] == "s1.wav"
+    assert wave.open(io.BytesIO(ra)).getnframes() == 16000
+    bad = bytearray(ra)
+    bad[200] ^= 0x01  # a sample
+    assert validator.check(bytes(bad)).failures == ["assertion.dataHash.mismatch"]
+
+
 def test_a_wrong_key_does_not_validate(setup):
     signer, _, validator = setup
     out = resalt(signer.builder_sign(PNGS["1px"], MANIFEST), salt_of, ed25519.Ed25519PrivateKey.generate().sign)
@@ -124,8 +149,10 @@ def test_what_it_refuses(setup):
     signed = signer.builder_sign(PNGS["1px"], MANIFEST)
     with pytest.raises(ValueError, match="caBX"):
         resalt(PNGS["1px"], salt_of, key.sign)
-    with pytest.raises(ValueError, match="not a PNG"):
+    with pytest.raises(ValueError, match="neither a PNG nor a RIFF/WAVE file"):
         resalt(b"GIF89a", salt_of, key.sign)
+    with pytest.raises(ValueError, match="expected one C2PA"):
+        resalt(WAV, salt_of, key.sign)
     with pytest.raises(ValueError, match="16"):
         resalt(signed, lambda label: b"short", key.sign)
     with pytest.raises(ValueError, match="sign returned 3 bytes"):

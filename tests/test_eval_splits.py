@@ -189,6 +189,15 @@ def test_unlabelled_test_split_beside_labelled_training_data_is_refused(splits, 
                          data=splits["train"], log=quiet)
 
 
+@pytest.mark.timeout(120)
+def test_a_test_split_that_cannot_be_read_names_evaluate_heldout(splits, tmp_path):
+    package = make_package(tmp_path / "m")
+    with pytest.raises(PipelineError, match=r"^evaluate.heldout.source: fashion-mnist: .*not found; "):
+        evaluate_package(package, EvaluateSpec(samples=20, heldout=DataSpec(source="fashion-mnist", uri=str(tmp_path),
+                                                                            split="test")),
+                         data=splits["train"], log=quiet)
+
+
 def test_class_distribution_figures():
     real = np.full(4, 0.25)
     share, d = class_distribution(np.array([0, 0, 1, 1, 2, 2, 2, 2]), real)

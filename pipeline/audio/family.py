@@ -74,9 +74,8 @@ class AudioFamily(ImageFamily):
     def check_generate(self, job: Any, config: Any, model_uri: str) -> None:
         super().check_generate(job, config, model_uri)
         prov = job.generate.provenance
-        if prov is not None and (prov.c2pa is not None or prov.watermark is not None):
-            raise PipelineError("generate.provenance: C2PA and the watermark are not written into WAV files; "
-                                "remove them")
+        if prov is not None and prov.watermark is not None:
+            raise PipelineError("generate.provenance.watermark: the watermark is for images; remove it for audio")
 
     def sampler(self, package: Any, cfg: Any) -> AudioSampler:
         return AudioSampler(package, cfg)

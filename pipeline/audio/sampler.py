@@ -4,8 +4,10 @@ An audio family's exported network is an image generator over log-mel pictures
 (:mod:`pipeline.image.sampler`): the latents, conditions and prompts of a micro-batch are the image
 sampler's, and so is the rounding of G's output to uint8. Each picture then goes through the fixed
 inverse (:func:`pipeline.audio.spectrum.to_wave`) to 16-bit PCM, and into a WAV with its provenance:
-the RIFF ``LIST/INFO`` chunk and the XMP packet in ``_PMX`` (:mod:`pipeline.audio.wav`). The row's
-``audio`` column is the Hugging Face ``datasets`` Audio layout, ``{bytes, path}``.
+the RIFF ``LIST/INFO`` chunk and the XMP packet in ``_PMX`` (:mod:`pipeline.audio.wav`), then, when
+``generate.provenance.c2pa`` asks, a C2PA manifest in a ``C2PA`` chunk, signed as the PNGs are
+(:mod:`pipeline.provenance.c2pa`). The row's ``audio`` column is the Hugging Face ``datasets`` Audio
+layout, ``{bytes, path}``.
 
 The actor runs with one torch thread and fixed micro-batches, so a WAV's bytes depend only on (spec,
 model package, item).
@@ -21,10 +23,12 @@ import numpy as np
 from pipeline.audio.spectrum import CLIP, RATE, to_pcm16, to_wave
 from pipeline.audio.wav import SCHEMA, encode_wav, info_fields
 from pipeline.image.sampler import ImageSampler
+from pipeline.provenance.c2pa import manifest_for, strip_manifest
 from pipeline.provenance.xmp import XmpFields, xmp_packet
 from pipeline.storage import sha256
 
-ENCODER = {"wav": "aigc-wav/1 (PCM 16-bit mono, LIST/INFO, XMP in _PMX)", "parquet_schema": SCHEMA.to_string()}
+ENCODER = {"wav": "aigc-wav/1 (PCM 16-bit mono, LIST/INFO, XMP in _PMX, C2PA chunk when signed)",
+           "parquet_schema": SCHEMA.to_string()}
 
 
 def pictures_to_pcm(images: np.ndarray, iters: int) -> np.ndarray:
@@ -42,8 +46,7 @@ class AudioSampler(ImageSampler):
     schema = SCHEMA
 
     def __init__(self, package: Any, cfg: Any):
-        super().__init__(package, cfg)
-        self.signer = self.canonical = None  # no C2PA for WAV yet (the family's check_job refuses it)
+        super().__init__(package, cfg)  # the signer, and ``canonical`` when its signatures are not reproducible
         self.iters = int(getattr(self.model, "griffin_lim_iters", 32))
 
     def wav(self, it: Any, pcm: np.ndarray, res: dict | None) -> bytes:
@@ -58,7 +61,19 @@ class AudioSampler(ImageSampler):
                                        prompt=prompt, label=it.label, extra=extra, medium="audio clip"))
         info = info_fields(job=cfg.job, item_id=it.item_id, seed=it.seed, model_sha256=cfg.model_sha256,
                            created=created[:10], prompt=prompt)
-        return encode_wav(pcm, RATE, info, xmp)
+        wav = encode_wav(pcm, RATE, info, xmp)
+        if self.signer is not None:
+            wav = self.signer.sign(wav, manifest_for(job=cfg.job, date=cfg.date, item_id=it.item_id, seed=it.seed,
+                                                     model_sha256=cfg.model_sha256, system=self.system, ext="wav"))
+        return wav
+
+    def _canonical(self, ext: str, data: bytes) -> bytes:
+        return strip_manifest(data) if ext == "wav" else data
+
+    def canonical_row(self, row: dict) -> dict:
+        """A Parquet row as it would be unsigned: the clip without its manifest store, and that clip's sha256."""
+        wav = strip_manifest(row["audio"]["bytes"])
+        return {**row, "audio": {**row["audio"], "bytes": wav}, "wav_sha256": sha256(wav)}
 
     def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
         cfg = self.cfg

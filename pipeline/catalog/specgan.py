@@ -37,13 +37,11 @@ class SpecGANConfig(DCGANConfig):
     phrasing: ClassVar[str] = "speech"
 
 
-def refuse_image_provenance(job: Any) -> None:
-    """``check_job``: prompts need a conditional model; C2PA and the watermark are for images here."""
+def refuse_watermark(job: Any) -> None:
+    """``check_job``: prompts need a conditional model; the watermark is for images (WAVs carry LIST/INFO,
+    XMP and, with ``generate.provenance.c2pa``, a C2PA manifest)."""
     prompts_need_a_condition(job)
     prov = job.generate.provenance if job.generate is not None else None
-    if prov is not None and prov.c2pa is not None:
-        raise ValueError("generate.provenance.c2pa: not written into WAV files yet (WAV files carry XMP and "
-                         "LIST/INFO); remove c2pa")
     if prov is not None and prov.watermark is not None:
         raise ValueError("generate.provenance.watermark: the watermark is for images; remove it for audio")
 
@@ -52,4 +50,4 @@ FAMILY = Family(
     arch="specgan", config=SpecGANConfig, implementation_path="pipeline.families.specgan.family:SpecGAN",
     summary="SpecGAN: a DCGAN on log-mel spectrograms of spoken clips, inverted to 16-bit WAV (Griffin-Lim)",
     data_sources=("audio",), formats=AUDIO_FORMATS, gate_keys=IMAGE_GATE, train_options=("ema", "augment", "r1"),
-    generate_options=("provenance",), check_job=refuse_image_provenance)
+    generate_options=("provenance",), check_job=refuse_watermark)

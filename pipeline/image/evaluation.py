@@ -153,7 +153,7 @@ def evaluate_images(pkg: Any, spec: EvaluateSpec, *, data: DataSpec | None = Non
         raise PipelineError(f"evaluate.data: {real.source} holds no images")
     n = spec.samples
     if spec.heldout is not None:  # a test split: the floor's N come from it, the training data is the reference
-        test = real_data(spec.heldout, pkg.config, storage, address, reader)
+        test = real_data(spec.heldout, pkg.config, storage, address, reader, section="evaluate.heldout")
         if test.count == 0:
             raise PipelineError(f"evaluate.heldout: {test.source} holds no images")
         real, split = split_test(train, test, n, spec.seed)

@@ -67,15 +67,21 @@ class Split:
 
 
 def real_data(data: DataSpec, model: ModelSpec, storage: StorageSpec | None = None,
-              address: str | None = None, reader: Reader | None = None) -> RealData:
+              address: str | None = None, reader: Reader | None = None, section: str = "train.data") -> RealData:
     """The real images at the model's size and channels (digits without Ray; folders and Parquet via Ray Data;
-    ``reader``: a modality's own source, see :func:`pipeline.image.data.load_data`)."""
+    ``reader``: a modality's own source, see :func:`pipeline.image.data.load_data`). ``section``: the spec
+    section ``data`` came from, which a source's one-line error names (the sources say ``train.data``)."""
     if data.source == "digits" and reader is None:
         images, labels = digits_arrays(model.image_size, model.channels, data.limit)
         source = "digits"
     else:
         ensure_ray(address, dashboard=False)
-        loaded = load_data(data, model, storage, reader)
+        try:
+            loaded = load_data(data, model, storage, reader)
+        except PipelineError as exc:
+            if section == "train.data":
+                raise
+            raise PipelineError(str(exc).replace("train.data.", f"{section}.")) from None
         x, y = read_all(loaded)
         images, labels, source = x.numpy(), y.numpy(), data.uri or data.source
     h = hashlib.sha256(f"{source}:{model.image_size}:{model.channels}:{images.shape}\n".encode())

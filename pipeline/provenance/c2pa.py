@@ -1,8 +1,9 @@
-"""C2PA content credentials for generated PNGs, with the ``c2pa-python`` library.
+"""C2PA content credentials for generated PNGs and WAVs, with the ``c2pa-python`` library.
 
-Each PNG is signed last, after its XMP packet and text chunks are written: the manifest store goes
-into a ``caBX`` chunk after IHDR, and its hard binding (``c2pa.hash.data``) covers every other byte
-of the file, so a changed pixel (or any changed byte) makes the manifest ``Invalid``.
+Each file is signed last, after its XMP packet and text chunks (a WAV's ``LIST/INFO``) are written: the
+manifest store goes into a PNG's ``caBX`` chunk after IHDR, or a WAV's ``C2PA`` chunk at the end
+(:mod:`pipeline.provenance.container`), and its hard binding (``c2pa.hash.data``) covers every other
+byte of the file, so a changed pixel or sample (or any changed byte) makes the manifest ``Invalid``.
 
 The manifest of an asset holds
 
@@ -45,45 +46,17 @@ from typing import Any, Callable
 import pipeline
 from pipeline.encode import IPTC_TRAINED_ALGORITHMIC_MEDIA
 from pipeline.errors import PipelineError
+from pipeline.provenance.container import MIMES, PNG_SIG, has_manifest, mime_of, png_chunks, strip_manifest
 from pipeline.provenance.jumbf import resalt
 from pipeline.provenance.xmp import instance_uuid
 
-MIME = "image/png"
-MANIFEST_CHUNK = b"caBX"  # where C2PA puts its manifest store in a PNG
+__all__ = ["AssetSigner", "Validator", "check_signing", "has_manifest", "manifest_for", "png_chunks", "strip_manifest"]
 ASSERTION = "org.aigc-pipeline.generation"
-_SIG = b"\x89PNG\r\n\x1a\n"
-
-
-# ------------------------------------------------------------------------------------------ PNG chunks
-def png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
-    """(type, offset, total length) of every chunk of a PNG; ValueError when it is not one."""
-    if not data.startswith(_SIG):
-        raise ValueError("not a PNG")
-    out, i = [], len(_SIG)
-    while i + 12 <= len(data):
-        (n,) = struct.unpack(">I", data[i:i + 4])
-        out.append((data[i + 4:i + 8], i, n + 12))
-        i += n + 12
-    if i != len(data):
-        raise ValueError("truncated PNG")
-    return out
-
-
-def has_manifest(png: bytes) -> bool:
-    try:
-        return any(kind == MANIFEST_CHUNK for kind, _, _ in png_chunks(png))
-    except ValueError:
-        return False
-
-
-def strip_manifest(png: bytes) -> bytes:
-    """The PNG without its C2PA manifest store: byte for byte the file as it was before signing."""
-    return _SIG + b"".join(png[o:o + n] for kind, o, n in png_chunks(png) if kind != MANIFEST_CHUNK)
 
 
 # ------------------------------------------------------------------------------------------ signing
 def manifest_for(*, job: str, date: str, item_id: str, seed: int, model_sha256: str, system: str,
-                 watermark: dict | None = None) -> dict:
+                 watermark: dict | None = None, ext: str = "png") -> dict:
     """The manifest definition of one asset (deterministic: see the module docstring)."""
     uid = instance_uuid(job, date, item_id, model_sha256)
     generation: dict[str, Any] = {"job": job, "date": date, "item_id": item_id, "seed": seed,
@@ -92,8 +65,8 @@ def manifest_for(*, job: str, date: str, item_id: str, seed: int, model_sha256: 
         generation["watermark"] = watermark
     return {
         "claim_generator_info": [{"name": "aigc-pipeline", "version": pipeline.__version__}],
-        "title": f"{item_id}.png",
-        "format": MIME,
+        "title": f"{item_id}.{ext}",
+        "format": MIMES[ext],
         "label": f"urn:c2pa:{uid}",
         "instance_id": f"xmp:iid:{uid}",
         "assertions": [
@@ -125,7 +98,7 @@ _SALT_INFO = b"aigc-pipeline c2pa salt key/1"
 
 
 class AssetSigner:
-    """Signs PNGs with one key for the life of an actor (the library objects are built once).
+    """Signs PNGs and WAVs with one key for the life of an actor (the library objects are built once).
 
     ``opts`` is a :class:`pipeline.provenance.options.SigningOptions`; no key material is kept on
     this object beyond what the library and the re-signing function hold. ``reproducible``: whether
@@ -159,15 +132,15 @@ class AssetSigner:
         msg = manifest_label.encode() + b"\0" + assertion.encode()
         return hmac.new(self._salt_key, msg, hashlib.sha256).digest()[:16]
 
-    def builder_sign(self, png: bytes, manifest: dict) -> bytes:
+    def builder_sign(self, data: bytes, manifest: dict) -> bytes:
         """The library's own signing: random salts (and, for ES256, a random nonce)."""
         out = io.BytesIO()
-        self.lib.Builder(manifest, self.context).sign(self.signer, MIME, io.BytesIO(png), out)
+        self.lib.Builder(manifest, self.context).sign(self.signer, mime_of(data), io.BytesIO(data), out)
         return out.getvalue()
 
-    def sign(self, png: bytes, manifest: dict) -> bytes:
-        """``png`` signed: the same bytes for the same input whenever ``reproducible``."""
-        signed = self.builder_sign(png, manifest)
+    def sign(self, data: bytes, manifest: dict) -> bytes:
+        """A PNG or WAV signed: the same bytes for the same input whenever ``reproducible``."""
+        signed = self.builder_sign(data, manifest)
         if not self.reproducible:
             return signed
         label = manifest["label"]
@@ -196,7 +169,7 @@ def _probe_png() -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
-    return _SIG + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + \
+    return PNG_SIG + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)) + \
         chunk(b"IDAT", zlib.compress(b"\x00\x00")) + chunk(b"IEND", b"")
 
 
@@ -253,10 +226,10 @@ class Validator:
             settings["trust"] = {"trust_anchors": trust_anchors}
         self.context = lib.Context.from_dict(settings)
 
-    def state(self, png: bytes) -> tuple[str, list[str]]:
-        """(validation state, failure codes with their explanation)."""
+    def state(self, data: bytes) -> tuple[str, list[str]]:
+        """(validation state, failure codes with their explanation) of a PNG or WAV."""
         try:
-            reader = self.lib.Reader(MIME, io.BytesIO(png), None, self.context)
+            reader = self.lib.Reader(mime_of(data), io.BytesIO(data), None, self.context)
         except self.lib.C2paError as exc:
             if "ManifestNotFound" in type(exc).__name__ or "no JUMBF" in str(exc):
                 return "no manifest", []
@@ -269,15 +242,15 @@ class Validator:
         fails = [f"{f.get('code')}" for f in (results.get("activeManifest") or {}).get("failure", [])]
         return state, fails
 
-    def check(self, png: bytes) -> Finding:
-        state, failures = self.state(png)
+    def check(self, data: bytes) -> Finding:
+        state, failures = self.state(data)
         wanted = ("Trusted",) if self.anchors is not None else ("Valid", "Trusted")
         return Finding(state in wanted, state, failures)
 
-    def manifest(self, png: bytes) -> dict:
+    def manifest(self, data: bytes) -> dict:
         """The active manifest as the reader reports it (what tests compare between runs)."""
         import json
 
-        with self.lib.Reader(MIME, io.BytesIO(png), None, self.context) as reader:
+        with self.lib.Reader(mime_of(data), io.BytesIO(data), None, self.context) as reader:
             data = json.loads(reader.json())
         return data["manifests"][data["active_manifest"]]

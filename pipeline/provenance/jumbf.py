@@ -1,7 +1,8 @@
-"""Fixed assertion salts for a C2PA-signed PNG, so that signing is byte-for-byte reproducible.
+"""Fixed assertion salts for a C2PA-signed PNG or WAV, so that signing is byte-for-byte reproducible.
 
 c2pa-rs gives every assertion a random 16-byte salt; :func:`resalt` replaces them in place and signs
-the claim again. Layout of the ``caBX`` chunk (measured with c2pa-python 0.38.1 / c2pa-rs 0.91.3)::
+the claim again. Layout of the manifest store (a PNG's ``caBX`` chunk, a WAV's ``C2PA`` chunk:
+:mod:`pipeline.provenance.container`; measured with c2pa-python 0.38.1 / c2pa-rs 0.91.3)::
 
     jumb  manifest store          (jumd: type c2pa, label "c2pa")
       jumb  manifest ...          (label urn:c2pa:<uuid>; the active manifest is the last one)
@@ -19,18 +20,17 @@ payload. The claim lists each assertion as {url: self#jumbf=c2pa.assertions/<lab
 RFC 9052 Sig_structure ["Signature1", protected, h'', claim], ``claim`` being the claim box's CBOR
 payload. :func:`resalt` checks each of these rules against the input before it writes anything
 (each old hash is the claim's, the old signature verifies with the certificate's key), so a layout
-it does not know is a ValueError, never a PNG that fails to validate. Nothing changes length: the
-``c2pa.hash.data`` exclusion (the caBX chunk) stays right; the chunk's CRC is recomputed.
+it does not know is a ValueError, never a file that fails to validate. Nothing changes length: the
+``c2pa.hash.data`` exclusion (the manifest chunk) stays right; a PNG chunk's CRC is recomputed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import struct
-import zlib
 from typing import Callable
 
-_SIG = b"\x89PNG\r\n\x1a\n"
+from pipeline.provenance.container import manifest_store, replace_store
+
 _COSE_ALGS = {-8: "Ed25519", -7: "ES256"}
 
 
@@ -128,37 +128,20 @@ def _verify(protected: dict, signature: bytes, tbs: bytes) -> None:
         raise ValueError(f"COSE: the original signature does not verify as expected ({type(exc).__name__})") from None
 
 
-def _manifest_store(png: bytes) -> tuple[int, int]:
-    """(offset, length) of the caBX chunk's data."""
-    if not png.startswith(_SIG):
-        raise ValueError("not a PNG")
-    found, i = [], len(_SIG)
-    while i + 12 <= len(png):
-        (n,) = struct.unpack(">I", png[i:i + 4])
-        if png[i + 4:i + 8] == b"caBX":
-            found.append((i + 8, n))
-        i += n + 12
-    if i != len(png):
-        raise ValueError("truncated PNG")
-    if len(found) != 1:
-        raise ValueError(f"expected one caBX (C2PA manifest store) chunk, found {len(found)}")
-    return found[0]
-
-
 def _sig_structure(protected: bytes, claim: bytes) -> bytes:
     return b"\x84\x6aSignature1" + _bstr(protected) + b"\x40" + _bstr(claim)
 
 
-def resalt(png: bytes, salt_of: Callable[[str], bytes], sign: Callable[[bytes], bytes]) -> bytes:
-    """The signed PNG with every assertion salt of its active manifest replaced by salt_of(<assertion label>)
+def resalt(signed: bytes, salt_of: Callable[[str], bytes], sign: Callable[[bytes], bytes]) -> bytes:
+    """The signed PNG or WAV with every assertion salt of its active manifest replaced by salt_of(<assertion label>)
     (16 bytes), the claim's hashes of those assertions recomputed, and the claim signed again:
     sign(to_be_signed) -> signature bytes (Ed25519: 64). Same length as the input; the c2pa reader
     validates it exactly as it validated the input."""
-    start, length = _manifest_store(png)
-    buf = bytearray(png[start:start + length])
+    start, length = manifest_store(signed)
+    buf = bytearray(signed[start:start + length])
     store = _boxes(buf, 0, len(buf))
     if len(store) != 1 or store[0][0] != b"jumb" or _superbox(buf, *store[0][1:])[0] != "c2pa":
-        raise ValueError("caBX: not one c2pa manifest store superbox")
+        raise ValueError("manifest store: not one c2pa manifest store superbox")
     manifests = [b for b in _superbox(buf, *store[0][1:])[2] if b[0] == b"jumb"]
     if not manifests:
         raise ValueError("manifest store: no manifest")
@@ -234,5 +217,4 @@ def resalt(png: bytes, salt_of: Callable[[str], bytes], sign: Callable[[bytes], 
     if len(new_sig) != len(old_sig):
         raise ValueError(f"sign returned {len(new_sig)} bytes, the signature has {len(old_sig)}")
     buf[s1 - len(old_sig):s1] = new_sig
-    crc = struct.pack(">I", zlib.crc32(bytes(buf), zlib.crc32(b"caBX")))
-    return png[:start] + bytes(buf) + crc + png[start + length + 4:]
+    return replace_store(signed, start, bytes(buf))

@@ -29,6 +29,8 @@ from pipeline.storage.store import LOCK, Store
 from pipeline.webdataset import read_tar
 
 _CONTROL = (MANIFEST, SUCCESS, LOCK)  # files that describe a commit rather than being part of it
+SIGNED = (".png", ".wav")  # the asset files that carry a C2PA manifest store
+MEDIA_COLUMNS = ("image", "audio")  # a Parquet part's column of signed files ({bytes, path})
 
 
 @dataclass
@@ -213,8 +215,9 @@ def _check_counts(manifest: dict, shards: dict, items: int, expected: dict, repo
 
 
 class _SignedAssets:
-    """``aigc verify --c2pa``: the c2pa reader's verdict on every PNG file, and every Parquet image and tar
-    member that is not a copy of one of them; the canonical sha256 of each signed file against its shard index."""
+    """``aigc verify --c2pa``: the c2pa reader's verdict on every PNG and WAV file, and every Parquet image or
+    clip and tar member that is not a copy of one of them; the canonical sha256 of each signed file against
+    its shard index."""
 
     def __init__(self, trust_anchors: str | None, canonical: dict[str, str], expected: dict[str, dict],
                  present: dict[str, dict]):
@@ -267,7 +270,7 @@ class _SignedAssets:
         if rel.endswith(".tar"):
             self._tar(rel, data)
             return
-        if not rel.endswith(".png"):
+        if not rel.endswith(SIGNED):
             return
         from pipeline.provenance.c2pa import strip_manifest
 
@@ -279,13 +282,14 @@ class _SignedAssets:
                                             "besides its signature)")
 
     def _tar(self, rel: str, data: bytes) -> None:
-        """A WebDataset tar's PNG members: each one that is the very file the shard also wrote (same sha256)
-        is judged as that file; any other here, as ``<tar>#<member>``."""
+        """A WebDataset tar's PNG and WAV members: each one that is the very file the shard also wrote (same
+        sha256) is judged as that file; any other here, as ``<tar>#<member>``."""
         shard = rel.rsplit("/", 1)[-1][: -len(".tar")]
         for name, body in read_tar(data)[0]:
-            if not name.endswith(".png"):
+            if not name.endswith(SIGNED):
                 continue
-            if not self._copy_of(asset_path(shard, name[: -len(".png")], "png"), body):
+            stem, _, ext = name.rpartition(".")
+            if not self._copy_of(asset_path(shard, stem, ext), body):
                 self._judge(f"{rel}#{name}", body)
 
     def _copy_of(self, rel: str | None, data: bytes) -> bool:
@@ -293,18 +297,20 @@ class _SignedAssets:
         return rel in self.present and sha256(data) == (self.expected.get(rel) or {}).get("sha256")
 
     def finish(self, store: Store, report: VerifyReport) -> None:
-        """The Parquet images: each one that is the very file the manifest lists beside it (same sha256, file
-        present) was judged as that file; any other is judged here."""
+        """The Parquet images and clips: each one that is the very file the manifest lists beside it (same
+        sha256, file present) was judged as that file; any other is judged here."""
         import pyarrow.parquet as pq
 
         for rel in sorted(self.parts):
             try:  # use_threads=False: docs/architecture.md, "pyarrow ... can abort at interpreter exit"
-                table = pq.read_table(io.BytesIO(store.read(rel)), columns=["item_id", "image"], use_threads=False)
-            except Exception:  # noqa: BLE001 - a part without an image column (text) or already reported corrupt
+                data = io.BytesIO(store.read(rel))
+                column = next(c for c in MEDIA_COLUMNS if c in pq.read_schema(data).names)
+                table = pq.read_table(data, columns=["item_id", column], use_threads=False)
+            except Exception:  # noqa: BLE001 - a part without a media column (text) or already reported corrupt
                 continue
             for row in table.to_pylist():
-                image = row.get("image") or {}
-                img, path = image.get("bytes"), image.get("path")
+                media = row.get(column) or {}
+                img, path = media.get("bytes"), media.get("path")
                 if not img or self._copy_of(path, img):
                     continue
                 self._judge(f"{rel}#{row.get('item_id')}", img)
@@ -312,7 +318,7 @@ class _SignedAssets:
         report.c2pa_checked = self.checked
         report.c2pa_failed = [f"{name}: {why}" for name, why in sorted(self.failed.items())]
         if self.unsigned and not self.checked:
-            report.problems.append(f"c2pa: none of the {len(self.unsigned):,} images carries a C2PA manifest (the "
+            report.problems.append(f"c2pa: none of the {len(self.unsigned):,} assets carries a C2PA manifest (the "
                                    "run did not sign them: generate.provenance.c2pa)")
         else:
             report.c2pa_failed += [f"{name}: no C2PA manifest" for name in sorted(self.unsigned)]

@@ -247,10 +247,13 @@ def worker_usage() -> dict[str, float]:
 def report_epoch(cfg: LoopConfig, epoch: int, rank: int, metrics: dict[str, Any], history: list[dict],
                  write: Callable[[str, dict], None], **state: Any) -> None:
     """End an epoch on one worker: rank 0 calls ``write(directory, state)`` to put the models,
-    optimizers, ``state`` and samples into the checkpoint; every rank adds its RNG; all report."""
+    optimizers, ``state`` and samples into the checkpoint; every rank adds its RNG; all report.
+    ``metrics`` (the dict the loop appended to ``history``) gains ``peak_rss_mb``, the largest worker's
+    peak resident memory so far."""
     import ray.train
 
     used = worker_usage()  # a collective: every rank reaches it here, at the same epoch
+    metrics["peak_rss_mb"] = used["peak_rss_mb"]  # the largest worker's peak so far: its history shows any growth
     with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as tmp:
         if rank == 0:
             full = {"epoch": epoch, "global_step": metrics["global_step"], "history": history, **state,
