@@ -163,6 +163,22 @@ def test_vae_resume_2_plus_2_epochs_is_bit_identical_to_4(vae_run, tmp_path):
     assert [h["loss"] for h in resumed.state["history"]] == [h["loss"] for h in straight.state["history"]]
 
 
+def test_with_a_test_split_the_vae_bound_is_measured_on_it(vae_run):
+    from pipeline.families.vae.family import heldout_elbo
+    from pipeline.image.realdata import Split, real_data
+    from pipeline.specs import DataSpec
+
+    pkg = load_package(vae_run["result"].package_uri)
+    real = real_data(DataSpec(source="digits", limit=356), pkg.config)  # the 256 trained on, then 100 more
+    own = heldout_elbo(pkg, real, Split(heldout=np.arange(64), reference=np.arange(256), train=np.arange(256)))
+    assert own["bits_per_dim"]["label"] == "held-out bits/dim" and "the 64 held-out" in own["bits_per_dim"]["note"]
+    test = np.arange(256, 356)
+    split = Split(heldout=test, reference=np.arange(256), train=np.arange(256), test=test)
+    got = heldout_elbo(pkg, real, split)["bits_per_dim"]
+    assert got["label"] == "test-split bits/dim" and "the 100 test-split images" in got["note"]
+    assert math.isfinite(got["value"]) and got["value"] != own["bits_per_dim"]["value"]
+
+
 def test_vae_evaluates_generates_from_seeds_and_prompts_and_reports(vae_run, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(PROMPTS)

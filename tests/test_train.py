@@ -211,6 +211,9 @@ def test_two_workers_train_digits_for_four_epochs(full_run):
     assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
     # what the workers used, summed over both by an all-reduce (each process's own CPU time)
     assert res.usage["workers"] == WORKERS and res.usage["cpu_s"] > 1.0 and res.usage["gpu_s"] == 0.0
+    # ... and the largest worker's peak resident memory so far, after every epoch: it can only grow
+    peaks = [h["peak_rss_mb"] for h in res.history]
+    assert peaks == sorted(peaks) and peaks[0] > 100 and peaks[-1] == res.usage["peak_rss_mb"]
     for h in res.history:
         assert all(torch.isfinite(torch.tensor(h[k])) for k in ("loss_D", "loss_G", "D(x)", "D(G(z))", "images/s"))
         assert 0 < h["D(x)"] < 1 and 0 < h["D(G(z))"] < 1 and h["images/s"] > 0

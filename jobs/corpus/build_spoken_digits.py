@@ -2,7 +2,8 @@
 
     .venv/bin/python jobs/corpus/build_spoken_digits.py                  # writes outputs/corpus/spoken-digits
     .venv/bin/python jobs/corpus/build_spoken_digits.py --check          # rebuild in a temp folder, compare
-    .venv/bin/python jobs/corpus/build_spoken_digits.py --per-class 2000 --out /data/sc09-espeak   # a big one
+    .venv/bin/python jobs/corpus/build_spoken_digits.py --per-class 2000 --out /data/sc09-espeak   # SC09's size
+    .venv/bin/python jobs/corpus/build_spoken_digits.py --per-class 2000 --check  # ... rebuilt and compared
 
 Each clip is one digit word spoken by Debian's ``espeak-ng`` (``apt-get install espeak-ng``) with a
 voice, variant, speed and pitch drawn for that clip, then resampled from espeak's 22,050 Hz to
@@ -15,7 +16,11 @@ digit's words ("say seven").
 
 ``--check`` rebuilds the default corpus into a temporary folder and compares the sha256 of every
 clip with ``jobs/corpus/spoken-digits.json`` (checked in: the corpus itself is 32 MB and is built, not
-stored). A different espeak-ng version speaks differently, so a mismatch names the version.
+stored). A different espeak-ng version speaks differently, so a mismatch names the version. With
+``--per-class 2000`` it checks the SC09-sized corpus (20,000 clips, 640 MB, about 10 min on 2 cores)
+against ``jobs/corpus/spoken-digits-2000.json``, which records one sha256 per class rather than per
+clip. Every clip is a function of (seed, class, index) alone, so the first 100 clips of each class of
+any corpus are the default corpus's.
 
 Licence: espeak-ng is GPL-3.0-or-later (https://github.com/espeak-ng/espeak-ng, COPYING). The GPL
 covers the program, not what it outputs: "the output from running a covered work is covered by this
@@ -43,6 +48,7 @@ import numpy as np
 
 HERE = Path(__file__).parent
 DIGEST = HERE / "spoken-digits.json"
+FILE_LIST_MAX = 2_000  # a recorded corpus of more clips keeps one sha256 per class, not per clip
 DEFAULT_OUT = Path("outputs/corpus/spoken-digits")
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 RATE = 16_000
@@ -128,22 +134,43 @@ def digest(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{rel}\t{sha}\n" for rel, sha in sorted(files.items())).encode()).hexdigest()
 
 
+def class_digests(files: dict[str, str]) -> dict[str, str]:
+    """One sha256 per class folder, over its clips' paths and sha256s."""
+    labels = sorted({rel.split("/", 1)[0] for rel in files}, key=int)
+    return {label: digest({rel: sha for rel, sha in files.items() if rel.split("/", 1)[0] == label})
+            for label in labels}
+
+
+def digest_file(per_class: int) -> Path:
+    return DIGEST if per_class == PER_CLASS else HERE / f"spoken-digits-{per_class}.json"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--check", action="store_true", help="rebuild the default corpus in a temp folder and compare "
-                                                         f"with {DIGEST.name}")
+    ap.add_argument("--check", action="store_true", help="rebuild the corpus of --per-class clips in a temp folder "
+                                                         f"and compare with its record ({DIGEST.name} for the "
+                                                         "default)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--per-class", type=int, default=PER_CLASS)
     ap.add_argument("--seed", type=int, default=SEED)
-    ap.add_argument("--write-digest", action="store_true", help=f"record the built corpus in {DIGEST.name}")
+    ap.add_argument("--write-digest", action="store_true", help="record the built corpus in jobs/corpus/ "
+                                                                f"({DIGEST.name} for the default)")
     args = ap.parse_args()
     version = espeak_version()
     if args.check:
-        want = json.loads(DIGEST.read_text())
+        record = digest_file(args.per_class)
+        if not record.exists():
+            print(f"error: no recorded corpus of {args.per_class} clips per class ({record} is missing)",
+                  file=sys.stderr)
+            return 2
+        want = json.loads(record.read_text())
         with tempfile.TemporaryDirectory() as tmp:
             files = build(Path(tmp), want["per_class"], want["seed"])
         got = digest(files)
-        differ = sorted(rel for rel, sha in files.items() if want["files"].get(rel) != sha)
+        if "files" in want:
+            differ = sorted(rel for rel, sha in files.items() if want["files"].get(rel) != sha)
+        else:
+            differ = [f"class {c}" for c, sha in class_digests(files).items() if want["classes"].get(c) != sha]
         same = got == want["sha256"]
         print(f"spoken digits: {'identical' if same else 'DIFFERS'} ({len(files):,} clips, sha256 {got[:12]}; "
               f"espeak-ng {version}, recorded with {want['espeak_ng']})"
@@ -151,9 +178,10 @@ def main() -> int:
         return 0 if same else 1
     files = build(args.out, args.per_class, args.seed)
     record = {"per_class": args.per_class, "seed": args.seed, "clips": len(files), "rate": RATE, "frames": FRAMES,
-              "espeak_ng": version, "numpy": np.__version__, "sha256": digest(files), "files": files}
+              "espeak_ng": version, "numpy": np.__version__, "sha256": digest(files)}
+    record.update({"files": files} if len(files) <= FILE_LIST_MAX else {"classes": class_digests(files)})
     if args.write_digest:
-        DIGEST.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        digest_file(args.per_class).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     print(f"{args.out}: {len(files):,} clips ({args.per_class} per class), sha256 {record['sha256']}, "
           f"espeak-ng {version}")
     return 0

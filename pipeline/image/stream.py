@@ -261,7 +261,9 @@ class Stream:
     def _open(self, f: int) -> Any:
         import pyarrow.parquet as pq
 
-        if f not in self._files:
+        if f in self._files:
+            self._files[f] = self._files.pop(f)  # most recently used last: the oldest is the one closed
+        else:
             if self._fs is None:
                 self._fs, self._root = open_fs(self.cache.uri, self.storage)
             if len(self._files) >= 4:

@@ -18,12 +18,16 @@ from pipeline.train.worker import mix
 
 @torch.inference_mode()
 def heldout_elbo(pkg: Any, real: RealData, split: Split, seed: int = 0, batch: int = 256) -> dict[str, dict]:
-    """The negative ELBO on the examples training never saw (``train.model.heldout``), in bits per dimension:
-    one posterior sample per image from a seeded generator."""
+    """The negative ELBO on the examples training never saw, in bits per dimension: the test split when
+    ``evaluate.heldout`` names one, else the training data's held-out rows (``train.model.heldout``); one
+    posterior sample per image from a seeded generator."""
     cfg = pkg.config
     mask = vae_loop.heldout_mask(len(split.train), cfg.heldout).numpy()  # in the training data's order
-    which = "held-out" if mask.any() else "training"
-    idx = split.train[mask] if mask.any() else split.train
+    if split.tested:  # evaluate.heldout: a test split, which training never saw either
+        which, idx = "test-split", split.test
+    else:
+        which = "held-out" if mask.any() else "training"
+        idx = split.train[mask] if mask.any() else split.train
     model = pkg.build_model()
     dims = cfg.channels * cfg.image_size * cfg.image_size
     gen = torch.Generator().manual_seed(mix(seed, "elbo"))
