@@ -263,7 +263,7 @@ def emoji_folder() -> Path:
     if folder.is_dir():
         return folder
     why = (f"needs the EmojiOne PNGs at {folder}: cd {ROOT} && apt-get download ruby-gemojione && "
-           "dpkg-deb -x ruby-gemojione_*.deb data/gemojione (README: Alpha)")
+           "mkdir -p data && dpkg-deb -x ruby-gemojione_*.deb data/gemojione (README: Alpha)")
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{why}: CI must run this test")
     pytest.skip(why)
