@@ -247,6 +247,7 @@ class Stream:
         self.kept = [_kept(start, 0, rows, skip_every) for _, _, start, rows in self.units]  # rows trained on
         self._fs: Any = None
         self._files: dict[int, Any] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     @property
     def count(self) -> int:
@@ -313,13 +314,18 @@ class Stream:
             return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
         groups = [g for g in groups if g]
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aigc-stream") as pool:
-            ahead = pool.submit(read, groups[0]) if groups else None
+        if self._pool is None:  # one reader thread for the stream's life: its buffers stay in one malloc arena
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aigc-stream")
+        ahead = self._pool.submit(read, groups[0]) if groups else None
+        try:
             for i in range(len(groups)):
                 images, labels = ahead.result()
-                ahead = pool.submit(read, groups[i + 1]) if i + 1 < len(groups) else None
+                ahead = self._pool.submit(read, groups[i + 1]) if i + 1 < len(groups) else None
                 perm = torch.randperm(len(images), generator=gen).numpy()
                 yield images[perm], labels[perm]
+        finally:  # an epoch left early (the loop took its steps): let the read in flight finish first
+            if ahead is not None:
+                ahead.cancel() or ahead.exception()
 
     def epoch(self, epoch: int, rank: int, world: int, batch_size: int, seed: int
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -348,6 +354,9 @@ class Stream:
             raise PipelineError(f"{self.cache.uri}: rank {rank} ran out of rows after {done} of {steps} steps")
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         for f in self._files.values():
             f.close()
         self._files.clear()
