@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.audio.spectrum import CLIP, RATE, to_pcm16, to_wave
 from pipeline.audio.wav import SCHEMA, encode_wav, info_fields
 from pipeline.image.sampler import ImageSampler
-from pipeline.provenance.c2pa import manifest_for, strip_manifest
+from pipeline.provenance.c2pa import manifest_for
 from pipeline.provenance.xmp import XmpFields, xmp_packet
 from pipeline.storage import sha256
 
@@ -44,9 +44,10 @@ class AudioSampler(ImageSampler):
     """One micro-batch of items → [(``{"wav": bytes}``, Parquet row)] for a log-mel generator."""
 
     schema = SCHEMA
+    ext, column = "wav", "audio"
 
     def __init__(self, package: Any, cfg: Any):
-        super().__init__(package, cfg)  # the signer, and ``canonical`` when its signatures are not reproducible
+        super().__init__(package, cfg)  # the signer; ``canonical`` strips a .wav when signatures vary
         self.iters = int(getattr(self.model, "griffin_lim_iters", 32))
 
     def wav(self, it: Any, pcm: np.ndarray, res: dict | None) -> bytes:
@@ -64,16 +65,8 @@ class AudioSampler(ImageSampler):
         wav = encode_wav(pcm, RATE, info, xmp)
         if self.signer is not None:
             wav = self.signer.sign(wav, manifest_for(job=cfg.job, date=cfg.date, item_id=it.item_id, seed=it.seed,
-                                                     model_sha256=cfg.model_sha256, system=self.system, ext="wav"))
+                                                     model_sha256=cfg.model_sha256, system=self.system, ext=self.ext))
         return wav
-
-    def _canonical(self, ext: str, data: bytes) -> bytes:
-        return strip_manifest(data) if ext == "wav" else data
-
-    def canonical_row(self, row: dict) -> dict:
-        """A Parquet row as it would be unsigned: the clip without its manifest store, and that clip's sha256."""
-        wav = strip_manifest(row["audio"]["bytes"])
-        return {**row, "audio": {**row["audio"], "bytes": wav}, "wav_sha256": sha256(wav)}
 
     def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
         cfg = self.cfg

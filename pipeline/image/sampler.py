@@ -41,6 +41,7 @@ class ImageSampler:
     """One micro-batch of items → [(``{"png": bytes}``, Parquet row)] for an image generator."""
 
     schema = SCHEMA
+    ext, column = "png", "image"  # each item's signed file, and the Parquet column holding it ({bytes, path})
 
     def __init__(self, package: Any, cfg: Any):
         self.cfg = cfg
@@ -125,12 +126,13 @@ class ImageSampler:
         return png
 
     def _canonical(self, ext: str, data: bytes) -> bytes:
-        return strip_manifest(data) if ext == "png" else data
+        return strip_manifest(data) if ext == self.ext else data
 
     def canonical_row(self, row: dict) -> dict:
-        """A Parquet row as it would be unsigned: the image without its manifest store, and that image's sha256."""
-        png = strip_manifest(row["image"]["bytes"])
-        return {**row, "image": {**row["image"], "bytes": png}, "png_sha256": sha256(png)}
+        """A Parquet row as it would be unsigned: the file without its manifest store, and that file's sha256
+        (``png_sha256``, ``wav_sha256``)."""
+        data = strip_manifest(row[self.column]["bytes"])
+        return {**row, self.column: {**row[self.column], "bytes": data}, f"{self.ext}_sha256": sha256(data)}
 
     def __call__(self, chunk: list[Any], path_of: Callable[[str, str], str]) -> list[tuple[dict, dict]]:
         cfg = self.cfg

@@ -323,9 +323,9 @@ class Stream:
                 ahead = self._pool.submit(read, groups[i + 1]) if i + 1 < len(groups) else None
                 perm = torch.randperm(len(images), generator=gen).numpy()
                 yield images[perm], labels[perm]
-        finally:  # an epoch left early (the loop took its steps): let the read in flight finish first
-            if ahead is not None:
-                ahead.cancel() or ahead.exception()
+        finally:  # an epoch left early (the loop took its steps): the read in flight is dropped or waited for
+            if ahead is not None and not ahead.cancel():
+                ahead.exception()
 
     def epoch(self, epoch: int, rank: int, world: int, batch_size: int, seed: int
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 
 from pipeline.errors import PipelineError, StorageError
 from pipeline.layout import asset_path
+from pipeline.provenance.container import MIMES
 from pipeline.specs.schema import StorageSpec
 from pipeline.storage.commit import MANIFEST, MANIFEST_FORMAT, SUCCESS, sha256
 from pipeline.storage.store import LOCK, Store
 from pipeline.webdataset import read_tar
 
 _CONTROL = (MANIFEST, SUCCESS, LOCK)  # files that describe a commit rather than being part of it
-SIGNED = (".png", ".wav")  # the asset files that carry a C2PA manifest store
+SIGNED = tuple(f".{ext}" for ext in MIMES)  # the asset files that carry a C2PA manifest store
 MEDIA_COLUMNS = ("image", "audio")  # a Parquet part's column of signed files ({bytes, path})
 
 
@@ -303,9 +304,9 @@ class _SignedAssets:
 
         for rel in sorted(self.parts):
             try:  # use_threads=False: docs/architecture.md, "pyarrow ... can abort at interpreter exit"
-                data = io.BytesIO(store.read(rel))
-                column = next(c for c in MEDIA_COLUMNS if c in pq.read_schema(data).names)
-                table = pq.read_table(data, columns=["item_id", column], use_threads=False)
+                part = pq.ParquetFile(io.BytesIO(store.read(rel)))
+                column = next(c for c in MEDIA_COLUMNS if c in part.schema_arrow.names)
+                table = part.read(columns=["item_id", column], use_threads=False)
             except Exception:  # noqa: BLE001 - a part without a media column (text) or already reported corrupt
                 continue
             for row in table.to_pylist():
