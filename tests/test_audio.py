@@ -302,6 +302,15 @@ def test_a_killed_audio_run_resumes_to_the_same_bytes(demo):
     assert len(list(out.rglob("*.wav"))) == 120 and len(resumed) == 132 and resumed == straight
 
 
+def test_checking_a_corpus_size_nobody_recorded_is_one_line_and_exit_2():
+    require_system("/usr/bin/espeak-ng", "espeak-ng")
+    r = subprocess.run([sys.executable, str(ROOT / "jobs/corpus/build_spoken_digits.py"), "--check", "--per-class",
+                        "7"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr.strip() == (f"error: no recorded corpus of 7 clips per class "
+                                f"({ROOT / 'jobs/corpus/spoken-digits-7.json'} is missing)")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_the_corpus_check_rebuilds_the_recorded_corpus():
